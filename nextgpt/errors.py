@@ -1,0 +1,24 @@
+"""Typed errors raised by nextgpt.
+
+Every error a user can trigger with bad input, a bad config or a bad checkpoint derives from
+:class:`NextGPTError`, so applications can catch the library's errors in one place and the command
+line can print one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+
+class NextGPTError(Exception):
+    """Base class of every error nextgpt raises on purpose."""
+
+
+class ConfigError(NextGPTError, ValueError):
+    """A config key, value or preset name is unknown or invalid; the message lists valid choices."""
+
+
+class InputError(NextGPTError, ValueError):
+    """A media item or input is missing, unreadable or malformed; the message names the file."""
+
+
+class CheckpointError(NextGPTError):
+    """A checkpoint has missing/unexpected/mis-shaped keys or cannot be read safely."""
