@@ -1,5 +1,6 @@
 """nextgpt: end-to-end any-to-any multimodal LLMs in the NExT-GPT style."""
 
+from nextgpt.config import NextGPTConfig
 from nextgpt.errors import CheckpointError, ConfigError, InputError, NextGPTError
 from nextgpt.media import Audio, Video
 from nextgpt.modality import Modality
@@ -12,6 +13,7 @@ __all__ = [
     "ConfigError",
     "InputError",
     "Modality",
+    "NextGPTConfig",
     "NextGPTError",
     "Video",
     "__version__",
