@@ -1,0 +1,98 @@
+"""The frozen multimodal encoder as the model uses it: media items in, embeddings out.
+
+:class:`ImageBindEncoder` pairs :class:`~nextgpt.encoders.imagebind.ImageBind` with the preprocessing
+that reproduces upstream ImageBind (``image.py``, ``audio.py``, ``video.py``) and maps nextgpt's
+modalities onto ImageBind trunks (images and videos share the vision trunk).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from nextgpt.config import EncoderConfig, resolve_path
+from nextgpt.encoders.audio import preprocess_audio
+from nextgpt.encoders.image import preprocess_image
+from nextgpt.encoders.imagebind import EncoderOutput, ImageBind, ImageBindDims
+from nextgpt.encoders.loading import build_imagebind
+from nextgpt.encoders.video import preprocess_video
+from nextgpt.errors import InputError
+from nextgpt.modality import Modality
+
+logger = logging.getLogger(__name__)
+
+#: ImageBind trunk that encodes each nextgpt modality.
+TRUNK_OF = {Modality.IMAGE: "vision", Modality.VIDEO: "vision", Modality.AUDIO: "audio", Modality.TEXT: "text"}
+_PREPROCESS = {Modality.IMAGE: preprocess_image, Modality.AUDIO: preprocess_audio, Modality.VIDEO: preprocess_video}
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ImageBindEncoder(nn.Module):
+    """Frozen ImageBind with preprocessing. Always in eval mode; gradients never flow into it."""
+
+    def __init__(self, model: ImageBind) -> None:
+        super().__init__()
+        self.model = model.requires_grad_(False).eval()
+        self._tokenizer = None
+
+    @classmethod
+    def from_config(
+        cls, cfg: EncoderConfig, *, device: str | torch.device = "cpu", seed: int = 0
+    ) -> ImageBindEncoder:
+        """Load ``cfg.checkpoint`` strictly, or build random weights (seeded) when it is ``None``."""
+        ckpt = resolve_path(cfg.checkpoint, "model.encoder.checkpoint")
+        if ckpt is None:
+            logger.warning("encoder: RANDOM ImageBind weights (model.encoder.checkpoint is null)")
+        model = build_imagebind(
+            ImageBindDims.from_config(cfg), checkpoint=ckpt, dtype=_DTYPES[cfg.dtype], device=device, seed=seed
+        )
+        return cls(model)
+
+    def train(self, mode: bool = True) -> ImageBindEncoder:  # frozen: stays in eval mode
+        return super().train(False)
+
+    @property
+    def out_dim(self) -> int:
+        return self.model.dims.out_embed_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def preprocess(self, modality: Modality | str, items: Sequence[object]) -> torch.Tensor:
+        """Batch of model inputs for ``items`` (image ``[B, 3, 224, 224]``, audio ``[B, 3, 1, 128, 204]``,
+        video ``[B, 15, 3, 2, 224, 224]``), float32 on the CPU."""
+        modality = Modality.parse(modality)
+        if modality not in _PREPROCESS:
+            raise InputError(f"cannot preprocess {modality.value} media; valid: image, audio, video")
+        if not items:
+            raise InputError(f"no {modality.value} items to encode")
+        return torch.stack([_PREPROCESS[modality](item) for item in items])
+
+    def forward(self, modality: Modality | str, batch: torch.Tensor, *, return_tokens: bool = False) -> EncoderOutput:
+        """Encode an already preprocessed batch (see :meth:`preprocess`)."""
+        modality = Modality.parse(modality)
+        with torch.no_grad():
+            x = batch.to(self.device)
+            if x.is_floating_point():
+                x = x.to(self.dtype)
+            return self.model.encode(TRUNK_OF[modality], x, return_tokens=return_tokens)
+
+    def encode(self, modality: Modality | str, items: Sequence[object], *, return_tokens: bool = False) -> EncoderOutput:
+        """Preprocess and encode media items (PIL images or paths, :class:`~nextgpt.Audio`,
+        :class:`~nextgpt.Video`), or strings for ``"text"``."""
+        modality = Modality.parse(modality)
+        if modality is Modality.TEXT:
+            if self._tokenizer is None:
+                from nextgpt.encoders.tokenizer import ClipTokenizer
+
+                self._tokenizer = ClipTokenizer()
+            return self.forward(modality, self._tokenizer(list(items)), return_tokens=return_tokens)
+        return self.forward(modality, self.preprocess(modality, items), return_tokens=return_tokens)
