@@ -1,0 +1,29 @@
+"""Input projectors (encoder -> LLM tokens) and output projectors (LLM signal states -> decoder conditioning).
+
+- :class:`LinearInputProjector`: legacy NExT-GPT, pooled embedding -> 1 token per item.
+- :class:`GroupingInputProjector`: NExT-GPT 2024 / GroupViT-style, patch tokens -> 8 tokens per item.
+- :class:`TransformerOutputProjector`: legacy ``TextFcLayer`` (transformer mode), key-compatible.
+- :func:`build_input_projector` / :func:`build_output_projector`: from config ``kind`` strings.
+"""
+
+from .grouping import GroupingBlock, GroupingInputProjector, GroupingStage, assignment
+from .linear import LEGACY_KEYS, LinearInputProjector, sum_items
+from .output import LEGACY_PREFIX, TransformerOutputProjector, squeeze_single
+from .registry import INPUT_PROJECTORS, OUTPUT_PROJECTORS, build_input_projector, build_output_projector
+
+__all__ = [
+    "INPUT_PROJECTORS",
+    "LEGACY_KEYS",
+    "LEGACY_PREFIX",
+    "OUTPUT_PROJECTORS",
+    "GroupingBlock",
+    "GroupingInputProjector",
+    "GroupingStage",
+    "LinearInputProjector",
+    "TransformerOutputProjector",
+    "assignment",
+    "build_input_projector",
+    "build_output_projector",
+    "squeeze_single",
+    "sum_items",
+]
