@@ -25,8 +25,17 @@ from nextgpt.modality import Modality
 logger = logging.getLogger(__name__)
 
 #: ImageBind trunk that encodes each nextgpt modality.
-TRUNK_OF = {Modality.IMAGE: "vision", Modality.VIDEO: "vision", Modality.AUDIO: "audio", Modality.TEXT: "text"}
-_PREPROCESS = {Modality.IMAGE: preprocess_image, Modality.AUDIO: preprocess_audio, Modality.VIDEO: preprocess_video}
+TRUNK_OF = {
+    Modality.IMAGE: "vision",
+    Modality.VIDEO: "vision",
+    Modality.AUDIO: "audio",
+    Modality.TEXT: "text",
+}
+_PREPROCESS = {
+    Modality.IMAGE: preprocess_image,
+    Modality.AUDIO: preprocess_audio,
+    Modality.VIDEO: preprocess_video,
+}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -47,7 +56,11 @@ class ImageBindEncoder(nn.Module):
         if ckpt is None:
             logger.warning("encoder: RANDOM ImageBind weights (model.encoder.checkpoint is null)")
         model = build_imagebind(
-            ImageBindDims.from_config(cfg), checkpoint=ckpt, dtype=_DTYPES[cfg.dtype], device=device, seed=seed
+            ImageBindDims.from_config(cfg),
+            checkpoint=ckpt,
+            dtype=_DTYPES[cfg.dtype],
+            device=device,
+            seed=seed,
         )
         return cls(model)
 
@@ -76,7 +89,9 @@ class ImageBindEncoder(nn.Module):
             raise InputError(f"no {modality.value} items to encode")
         return torch.stack([_PREPROCESS[modality](item) for item in items])
 
-    def forward(self, modality: Modality | str, batch: torch.Tensor, *, return_tokens: bool = False) -> EncoderOutput:
+    def forward(
+        self, modality: Modality | str, batch: torch.Tensor, *, return_tokens: bool = False
+    ) -> EncoderOutput:
         """Encode an already preprocessed batch (see :meth:`preprocess`)."""
         modality = Modality.parse(modality)
         with torch.no_grad():
@@ -85,7 +100,9 @@ class ImageBindEncoder(nn.Module):
                 x = x.to(self.dtype)
             return self.model.encode(TRUNK_OF[modality], x, return_tokens=return_tokens)
 
-    def encode(self, modality: Modality | str, items: Sequence[object], *, return_tokens: bool = False) -> EncoderOutput:
+    def encode(
+        self, modality: Modality | str, items: Sequence[object], *, return_tokens: bool = False
+    ) -> EncoderOutput:
         """Preprocess and encode media items (PIL images or paths, :class:`~nextgpt.Audio`,
         :class:`~nextgpt.Video`), or strings for ``"text"``."""
         modality = Modality.parse(modality)

@@ -176,7 +176,9 @@ class _PositionEmbedding(nn.Module):
 class _PatchPreprocessor(nn.Module):
     """CLS token + patch tokens + learnt position embedding (vision, audio, depth, thermal)."""
 
-    def __init__(self, stem_name: str, stem: _PatchStem, num_patches: int, dim: int, input_shape: tuple) -> None:
+    def __init__(
+        self, stem_name: str, stem: _PatchStem, num_patches: int, dim: int, input_shape: tuple
+    ) -> None:
         super().__init__()
         self.stem_name = stem_name
         self.add_module(stem_name, stem)
@@ -503,7 +505,9 @@ class ImageBind(nn.Module):
             patch = patch.view(B, S, *patch.shape[1:]).mean(dim=1)  # (B, N, D)
         return EncoderOutput(embeds=embeds, tokens=patch)
 
-    def forward(self, inputs: Mapping[str, torch.Tensor], return_tokens: bool = False) -> dict[str, EncoderOutput]:
+    def forward(
+        self, inputs: Mapping[str, torch.Tensor], return_tokens: bool = False
+    ) -> dict[str, EncoderOutput]:
         """Encode several trunks at once: ``{trunk: tensor}`` in, ``{trunk: EncoderOutput}`` out."""
         return {name: self.encode(name, x, return_tokens=return_tokens) for name, x in inputs.items()}
 

@@ -86,7 +86,9 @@ class ClipTokenizer:
         context_length: output length (77 for ImageBind).
     """
 
-    def __init__(self, bpe_path: str | os.PathLike | None = None, context_length: int = CONTEXT_LENGTH) -> None:
+    def __init__(
+        self, bpe_path: str | os.PathLike | None = None, context_length: int = CONTEXT_LENGTH
+    ) -> None:
         path = Path(bpe_path) if bpe_path is not None else clip_bpe_path()
         lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
         merges = [tuple(line.split()) for line in lines[1 : _NUM_MERGES + 1]]
@@ -144,7 +146,12 @@ class ClipTokenizer:
         if self.eot in ids:
             ids = ids[: ids.index(self.eot)]
         toks = "".join(self.decoder[int(i)] for i in ids if int(i) != self.sot)
-        return bytearray(self.byte_decoder[c] for c in toks).decode("utf-8", errors="replace").replace("</w>", " ").strip()
+        return (
+            bytearray(self.byte_decoder[c] for c in toks)
+            .decode("utf-8", errors="replace")
+            .replace("</w>", " ")
+            .strip()
+        )
 
     def __call__(self, texts: str | list[str]) -> torch.Tensor:
         """``[B, context_length]`` ids (a single string gives ``B = 1``)."""

@@ -97,7 +97,9 @@ def check_keys(
         raise CheckpointError(f"{what}: " + "; ".join(problems))
 
 
-def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], *, what: str, assign: bool = False) -> None:
+def load_strict(
+    module: nn.Module, state: Mapping[str, torch.Tensor], *, what: str, assign: bool = False
+) -> None:
     """Load ``state`` into ``module`` after checking every key and shape (see :func:`check_keys`).
 
     With ``assign=True`` the checkpoint tensors replace the module's (use it for modules built on the

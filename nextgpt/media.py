@@ -38,7 +38,9 @@ class Audio:
             if self.source.ndim not in (1, 2):
                 raise InputError(f"Audio array must be [N] or [C, N], got shape {tuple(self.source.shape)}")
         elif not isinstance(self.source, (str, os.PathLike)):
-            raise InputError(f"Audio source must be a path or a numpy array, got {type(self.source).__name__}")
+            raise InputError(
+                f"Audio source must be a path or a numpy array, got {type(self.source).__name__}"
+            )
 
     @property
     def path(self) -> Path | None:
@@ -72,7 +74,9 @@ class Video:
             if self.source.shape[0] == 0:
                 raise InputError("Video array has no frames")
         elif not isinstance(self.source, (str, os.PathLike)):
-            raise InputError(f"Video source must be a path or a numpy array, got {type(self.source).__name__}")
+            raise InputError(
+                f"Video source must be a path or a numpy array, got {type(self.source).__name__}"
+            )
 
     @property
     def path(self) -> Path | None:

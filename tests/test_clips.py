@@ -8,8 +8,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from media_fixtures import PREPROCESS_REFS
-from nextgpt.encoders.clips import clip_timepoints
 
+from nextgpt.encoders.clips import clip_timepoints
 from nextgpt.errors import ConfigError
 
 

@@ -63,7 +63,9 @@ def test_encoder_is_frozen(encoder: ImageBindEncoder) -> None:
 def test_checkpoint_from_environment(tmp_path, tiny_cfg, encoder, monkeypatch) -> None:
     ckpt = tmp_path / "ib.pth"
     torch.save(encoder.model.state_dict(), ckpt)
-    cfg = NextGPTConfig.from_preset("tiny").with_overrides(["model.encoder.checkpoint=${env:NEXTGPT_IMAGEBIND_CKPT}"])
+    cfg = NextGPTConfig.from_preset("tiny").with_overrides(
+        ["model.encoder.checkpoint=${env:NEXTGPT_IMAGEBIND_CKPT}"]
+    )
     monkeypatch.delenv("NEXTGPT_IMAGEBIND_CKPT", raising=False)
     with pytest.raises(ConfigError, match="NEXTGPT_IMAGEBIND_CKPT"):
         ImageBindEncoder.from_config(cfg.model.encoder)

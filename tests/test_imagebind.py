@@ -88,7 +88,9 @@ def test_images_are_two_frame_clips(tiny_model: ImageBind) -> None:
     image = det_inputs()["vision"][:1]
     clip = image.unsqueeze(2).repeat(1, 1, 2, 1, 1)  # (1, 3, 2, 224, 224)
     with torch.no_grad():
-        torch.testing.assert_close(tiny_model.encode("vision", image).embeds, tiny_model.encode("vision", clip).embeds)
+        torch.testing.assert_close(
+            tiny_model.encode("vision", image).embeds, tiny_model.encode("vision", clip).embeds
+        )
 
 
 def test_bad_input_shape_is_rejected(tiny_model: ImageBind) -> None:
@@ -140,7 +142,9 @@ def test_safetensors_checkpoint_loads(tmp_path: Path, tiny_model: ImageBind) -> 
 
 def test_renamed_key_names_both_sides(tmp_path: Path, tiny_model: ImageBind) -> None:
     state = dict(tiny_model.state_dict())
-    state["modality_trunks.audio.blocks.0.attn.bias_key"] = state.pop("modality_trunks.audio.blocks.0.attn.bias_k")
+    state["modality_trunks.audio.blocks.0.attn.bias_key"] = state.pop(
+        "modality_trunks.audio.blocks.0.attn.bias_k"
+    )
     torch.save(state, tmp_path / "renamed.pth")
     with pytest.raises(CheckpointError) as err:
         load_imagebind(tmp_path / "renamed.pth", TINY)

@@ -26,6 +26,7 @@ from media_fixtures import (
     write_audio_only_mp4,
     write_wav,
 )
+
 from nextgpt.encoders.audio import (
     AUDIO_MEAN,
     AUDIO_STD,
@@ -36,7 +37,6 @@ from nextgpt.encoders.audio import (
     resample,
 )
 from nextgpt.encoders.clips import clip_timepoints
-
 from nextgpt.errors import InputError
 from nextgpt.media import Audio
 

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 from media_fixtures import PREPROCESS_REFS, skimage_image, synthetic_image
+from PIL import Image
+
 from nextgpt.encoders.image import (
     CLIP_MEAN,
     CLIP_STD,
@@ -26,8 +28,6 @@ from nextgpt.encoders.image import (
     preprocess_image,
     resize_short_side,
 )
-from PIL import Image
-
 from nextgpt.errors import InputError
 
 MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)

@@ -28,9 +28,9 @@ from media_fixtures import (
     write_audio_only_mp4,
     write_mp4,
 )
+
 from nextgpt.encoders.image import CLIP_MEAN, CLIP_STD
 from nextgpt.encoders.video import clip_frame_indices, preprocess_video, short_side_scale, uniform_crop
-
 from nextgpt.errors import InputError
 from nextgpt.media import Video
 

@@ -6,6 +6,10 @@ import math
 
 import pytest
 import torch
+from torch import nn
+
+from nextgpt.config import GroupingConfig, InputProjectorConfig, OutputProjectorConfig
+from nextgpt.errors import ConfigError
 from nextgpt.projectors import (
     INPUT_PROJECTORS,
     LEGACY_KEYS,
@@ -20,10 +24,6 @@ from nextgpt.projectors import (
     squeeze_single,
     sum_items,
 )
-from torch import nn
-
-from nextgpt.config import GroupingConfig, InputProjectorConfig, OutputProjectorConfig
-from nextgpt.errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------
 # Output projector (legacy TextFcLayer, transformer mode)

@@ -28,7 +28,9 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--imagebind-src", required=True, help="folder containing the upstream `imagebind` package")
+    ap.add_argument(
+        "--imagebind-src", required=True, help="folder containing the upstream `imagebind` package"
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
     # Register the upstream package without running its __init__ (which imports the data loaders
