@@ -1,0 +1,135 @@
+"""Stable Diffusion (1.5 in NExT-GPT) as the image decoder.
+
+Conditioning is the CLIP ViT-L text encoder's ``last_hidden_state``, ``[77, 768]`` per image;
+NExT-GPT's image output projector predicts it from the ``[IMG0..3]`` signal-token states, shorter
+predictions are zero-padded to 77 tokens. Generation drives ``StableDiffusionPipeline`` with
+``prompt_embeds`` / ``negative_prompt_embeds`` and returns PIL images.
+
+Reference: Rombach et al., "High-Resolution Image Synthesis with Latent Diffusion Models" (CVPR
+2022); diffusers ``pipelines/stable_diffusion/pipeline_stable_diffusion.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from nextgpt.decoders.base import ClipTextDecoder, ProgressCallback
+from nextgpt.decoders.tiny import tiny_stable_diffusion_components
+from nextgpt.modality import Modality
+
+if TYPE_CHECKING:
+    import PIL.Image
+
+    from nextgpt.config import DecoderConfig
+
+__all__ = ["StableDiffusionDecoder"]
+
+logger = logging.getLogger(__name__)
+
+
+class StableDiffusionDecoder(ClipTextDecoder):
+    """Image decoder over ``StableDiffusionPipeline``.
+
+    Args:
+        cond_tokens, cond_dim: conditioning shape (SD 1.5: 77 x 768).
+        height, width: default image size in pixels (multiples of 8).
+        **kwargs: the common :class:`~nextgpt.decoders.base.Decoder` arguments (path, dtype, device,
+            cpu_offload, num_inference_steps, guidance_scale, seed, ...).
+    """
+
+    kind = "stable_diffusion"
+    modality = Modality.IMAGE
+    expected_weights = "unet, vae, text_encoder, tokenizer, scheduler; e.g. Stable Diffusion 1.5"
+
+    def __init__(
+        self,
+        *,
+        cond_tokens: int = 77,
+        cond_dim: int = 768,
+        height: int = 512,
+        width: int = 512,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(cond_tokens=cond_tokens, cond_dim=cond_dim, **kwargs)
+        self.height = int(height)
+        self.width = int(width)
+
+    @classmethod
+    def _media_kwargs(cls, cfg: DecoderConfig) -> dict[str, Any]:
+        return {"height": cfg.height, "width": cfg.width}
+
+    @classmethod
+    def pipeline_class(cls) -> type:
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline
+
+    def tiny_components(self) -> dict[str, Any]:
+        return tiny_stable_diffusion_components(self.cond_tokens, self.cond_dim, seed=self.seed)
+
+    def _progress_kwargs(self, callback: ProgressCallback | None, num_steps: int) -> dict[str, Any]:
+        if callback is None:
+            return {}
+
+        def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            callback(step + 1, num_steps)
+            return tensors
+
+        return {"callback_on_step_end": on_step_end}
+
+    def generate(
+        self,
+        cond: torch.Tensor,
+        *,
+        negative: torch.Tensor | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        callback: ProgressCallback | None = None,
+    ) -> list[PIL.Image.Image]:
+        """Images from conditioning.
+
+        Args:
+            cond: ``[B, T<=cond_tokens, cond_dim]`` (zero-padded to ``cond_tokens``).
+            negative: negative conditioning, ``[B or 1, T, cond_dim]``; default: the empty prompt's.
+            num_inference_steps, guidance_scale: default: the decoder's.
+            seed: seeds a ``torch.Generator`` on the execution device; ``None``: unseeded.
+            height, width: image size in pixels; default: the decoder's.
+            callback: ``callback(steps_done, num_steps)`` after each denoising step.
+
+        Returns:
+            ``B`` RGB PIL images of ``width x height``.
+        """
+        out = self._run(
+            cond,
+            negative=negative,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            seed=seed,
+            callback=callback,
+            output_type="pil",
+            media_kwargs={"height": height or self.height, "width": width or self.width},
+        )
+        flagged = getattr(out, "nsfw_content_detected", None)
+        if flagged and any(flagged):
+            logger.warning(
+                "stable_diffusion decoder: the safety checker blanked %d of %d images",
+                sum(flagged),
+                len(flagged),
+            )
+        return [image if image.mode == "RGB" else image.convert("RGB") for image in out.images]
+
+    def encode_media_to_latents(
+        self, media: torch.Tensor, *, generator: torch.Generator | None = None, sample: bool = True
+    ) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` in ``[-1, 1]`` -> scaled latents ``[B, 4, H/f, W/f]`` (f: VAE scale factor)."""
+        if media.ndim != 4 or media.shape[1] != 3:
+            raise ValueError(
+                f"stable_diffusion decoder: media must be images [B, 3, H, W] in [-1, 1], got {list(media.shape)}"
+            )
+        return self._vae_encode(media, generator, sample)

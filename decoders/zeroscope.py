@@ -1,0 +1,132 @@
+"""Zeroscope (v2 576w in NExT-GPT) as the video decoder.
+
+Zeroscope is a ModelScope text-to-video model: a 3-D UNet over per-frame SD VAE latents, conditioned
+on an OpenCLIP-H text encoder's ``last_hidden_state``, ``[77, 1024]`` per video. Generation drives
+diffusers' ``TextToVideoSDPipeline`` with ``prompt_embeds`` / ``negative_prompt_embeds`` and
+returns uint8 frames ``[T, H, W, 3]``.
+
+Reference: Wang et al., "ModelScope Text-to-Video Technical Report" (2023); diffusers
+``pipelines/deprecated/text_to_video_synthesis/pipeline_text_to_video_synth.py``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from nextgpt.decoders.base import ClipTextDecoder, ProgressCallback
+from nextgpt.decoders.tiny import tiny_zeroscope_components
+from nextgpt.modality import Modality
+
+if TYPE_CHECKING:
+    from nextgpt.config import DecoderConfig
+
+__all__ = ["ZeroscopeDecoder"]
+
+
+class ZeroscopeDecoder(ClipTextDecoder):
+    """Video decoder over ``TextToVideoSDPipeline``.
+
+    Args:
+        cond_tokens, cond_dim: conditioning shape (Zeroscope v2: 77 x 1024).
+        height, width: default frame size (multiples of 8; Zeroscope v2 576w: 320 x 576).
+        num_frames: default number of frames (24 in the NExT-GPT demo).
+        fps: frame rate the videos are meant to be played (and exported) at.
+        **kwargs: the common :class:`~nextgpt.decoders.base.Decoder` arguments.
+    """
+
+    kind = "zeroscope"
+    modality = Modality.VIDEO
+    expected_weights = (
+        "unet (UNet3DConditionModel), vae, text_encoder, tokenizer, scheduler; e.g. zeroscope_v2_576w"
+    )
+
+    def __init__(
+        self,
+        *,
+        cond_tokens: int = 77,
+        cond_dim: int = 1024,
+        height: int = 320,
+        width: int = 576,
+        num_frames: int = 24,
+        fps: int = 8,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(cond_tokens=cond_tokens, cond_dim=cond_dim, **kwargs)
+        self.height = int(height)
+        self.width = int(width)
+        self.num_frames = int(num_frames)
+        self.fps = int(fps)
+
+    @classmethod
+    def _media_kwargs(cls, cfg: DecoderConfig) -> dict[str, Any]:
+        return {"height": cfg.height, "width": cfg.width, "num_frames": cfg.num_frames, "fps": cfg.fps}
+
+    @classmethod
+    def pipeline_class(cls) -> type:
+        from diffusers import TextToVideoSDPipeline
+
+        return TextToVideoSDPipeline
+
+    def tiny_components(self) -> dict[str, Any]:
+        return tiny_zeroscope_components(self.cond_tokens, self.cond_dim, seed=self.seed)
+
+    def generate(
+        self,
+        cond: torch.Tensor,
+        *,
+        negative: torch.Tensor | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        callback: ProgressCallback | None = None,
+    ) -> list[np.ndarray]:
+        """Videos from conditioning.
+
+        Args:
+            cond: ``[B, T<=cond_tokens, cond_dim]`` (zero-padded to ``cond_tokens``).
+            negative: negative conditioning, ``[B or 1, T, cond_dim]``; default: the empty prompt's.
+            num_inference_steps, guidance_scale: default: the decoder's.
+            seed: seeds a ``torch.Generator`` on the execution device; ``None``: unseeded.
+            height, width, num_frames: default: the decoder's.
+            callback: ``callback(steps_done, num_steps)`` after each denoising step.
+
+        Returns:
+            ``B`` uint8 arrays ``[num_frames, height, width, 3]``, to be played at :attr:`fps`.
+        """
+        out = self._run(
+            cond,
+            negative=negative,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            seed=seed,
+            callback=callback,
+            output_type="np",
+            media_kwargs={
+                "height": height or self.height,
+                "width": width or self.width,
+                "num_frames": num_frames or self.num_frames,
+            },
+        )
+        frames = np.asarray(out.frames)  # (B, T, H, W, 3) float in [0, 1]
+        # The rounding diffusers' numpy_to_pil uses for 8-bit frames.
+        return [np.ascontiguousarray((video * 255).round().astype(np.uint8)) for video in frames]
+
+    def encode_media_to_latents(
+        self, media: torch.Tensor, *, generator: torch.Generator | None = None, sample: bool = True
+    ) -> torch.Tensor:
+        """Videos ``[B, 3, F, H, W]`` in ``[-1, 1]`` -> scaled latents ``[B, 4, F, H/f, W/f]`` (VAE per frame)."""
+        if media.ndim != 5 or media.shape[1] != 3:
+            raise ValueError(
+                f"zeroscope decoder: media must be videos [B, 3, F, H, W] in [-1, 1], got {list(media.shape)}"
+            )
+        batch, _, frames, height, width = media.shape
+        flat = media.permute(0, 2, 1, 3, 4).reshape(batch * frames, 3, height, width)  # (B*F, 3, H, W)
+        latents = self._vae_encode(flat, generator, sample)  # (B*F, c, h, w)
+        latents = latents.reshape(batch, frames, *latents.shape[1:])  # (B, F, c, h, w)
+        return latents.permute(0, 2, 1, 3, 4).contiguous()  # (B, c, F, h, w)
