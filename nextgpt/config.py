@@ -884,6 +884,9 @@ class ModelConfig(_Node):
     llm: LLMConfig = field(default_factory=LLMConfig)
     #: Output media modalities (YAML keys: image, audio, video); empty = a text-only model.
     outputs: dict[Modality, OutputConfig] = field(default_factory=dict)
+    #: Seed of every randomly initialised part (new token rows, projectors, LoRA, and frozen parts
+    #: without weights on disk): the same seed rebuilds the same model.
+    seed: int = 0
 
     def __post_init__(self) -> None:
         # Check decoder kinds against their modality before the outputs are built, so that a wrong

@@ -212,7 +212,7 @@ def test_tiny_preset_is_random_and_cpu(tiny):
     m = tiny.model
     assert m.encoder.checkpoint is None and m.llm.path is None
     assert all(o.decoder.path is None for o in m.outputs.values())
-    assert m.llm.vocab_size == 1000 and m.llm.hidden_size == 64
+    assert m.llm.vocab_size == 260 and m.llm.hidden_size == 64
     assert tiny.training.precision == "32-true" and tiny.training.accelerator == "cpu"
     assert m.input_projector.tokens_per_item == 4
     assert {mod: o.num_signal_tokens for mod, o in m.outputs.items()} == {IMAGE: 4, AUDIO: 8, VIDEO: 24}

