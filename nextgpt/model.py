@@ -183,6 +183,75 @@ class NextGPT(nn.Module):
         """Output projector: ``[N, n, H]`` signal states -> ``[N, Q, C]`` decoder conditioning."""
         return self.output_projectors[modality.value](states)
 
+    # ------------------------------------------------------------------ training
+
+    def compute_losses(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        media_tokens: Sequence[torch.Tensor],
+        targets: Sequence[Sequence[torch.Tensor | None]] | None = None,
+        *,
+        alignment_weights: dict[Modality, float] | None = None,
+        lm_weight: float = 1.0,
+    ) -> dict[str, torch.Tensor]:
+        """The NExT-GPT training losses for one batch.
+
+        Args:
+            input_ids, attention_mask, labels: ``[B, L]`` (labels ``-100`` where no loss is taken).
+            media_tokens: projected input-media tokens per slot ``[T, H]``, in placeholder order.
+            targets: per row, per signal run in order, the decoder conditioning the run must match
+                (``[Q, C]``, e.g. the caption's CLIP ``last_hidden_state``), or ``None`` for no
+                alignment loss on that run. ``None`` skips alignment altogether (stage 1).
+            alignment_weights: per-modality weight (default 1.0; upstream stage 3 uses 2.0 for video).
+
+        Returns:
+            ``loss`` (weighted total), ``lm_loss`` (next-token cross-entropy on labelled positions),
+            ``align_loss`` and ``align_<modality>`` (mean over conditioning tokens of the per-token
+            Euclidean distance, REFERENCE.md 1.2) for the modalities present, and ``runs`` (count).
+        """
+        embeds = self.embed_inputs(input_ids, media_tokens)
+        out = self.llm(embeds, attention_mask)
+        logits = out.logits[:, :-1].float()
+        lm_loss = nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+        )
+        losses: dict[str, torch.Tensor] = {"lm_loss": lm_loss}
+        total = lm_weight * lm_loss
+        if targets is not None:
+            runs = self.signal_runs(out.hidden, input_ids, embeds)
+            weights = alignment_weights or {}
+            per_mod: dict[Modality, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+            for b, (row_runs, row_targets) in enumerate(zip(runs, targets)):
+                if len(row_runs) != len(row_targets):
+                    raise InputError(
+                        f"row {b}: {len(row_runs)} signal runs but {len(row_targets)} alignment targets"
+                    )
+                for run, target in zip(row_runs, row_targets):
+                    if target is not None:
+                        states, tgts = per_mod.setdefault(run.modality, ([], []))
+                        states.append(run.states)
+                        tgts.append(target)
+            align_total = embeds.new_zeros(())
+            for m, (states, tgts) in per_mod.items():
+                pred = self.project_outputs(m, torch.stack(states))  # (N, Q, C)
+                tgt = torch.stack(tgts).to(pred)  # (N, Q', C)
+                if tgt.ndim == 2:  # (N, C): single-token conditioning (AudioLDM)
+                    tgt = tgt.unsqueeze(1)
+                if tgt.shape != pred.shape:
+                    raise InputError(
+                        f"{m.value} alignment target {tuple(tgt.shape)} != projector output {tuple(pred.shape)}"
+                    )
+                dist = (pred.float() - tgt.float()).pow(2).sum(-1).sqrt().mean()
+                losses[f"align_{m.value}"] = dist
+                align_total = align_total + weights.get(m, 1.0) * dist
+            losses["align_loss"] = align_total
+            total = total + align_total
+            losses["runs"] = torch.tensor(sum(len(r) for r in runs))
+        losses["loss"] = total
+        return losses
+
     # ------------------------------------------------------------------ generation
 
     @torch.no_grad()

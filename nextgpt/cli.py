@@ -1,0 +1,346 @@
+"""The ``nextgpt`` command line.
+
+::
+
+    nextgpt generate PROMPT [--image P] [--audio P] [--video P] [--modalities text,image] [--out DIR]
+    nextgpt chat [--preset small | --model DIR]
+    nextgpt import-legacy pytorch_model.pt --out DIR [--preset nextgpt-7b-legacy] [--override K=V ...]
+    nextgpt serve [--preset small | --model DIR] [--host 127.0.0.1] [--port 7860]
+    nextgpt data convert FORMAT --input JSON --media-dir DIR --out DIR
+    nextgpt data demo --out DIR
+    nextgpt cache encoder|captions --data DIR --out DIR [--preset ...]
+    nextgpt train --stage N [--preset tiny] [--data DIR] [--out DIR] [--override K=V ...]
+
+Errors print one line (the typed error's message) and exit non-zero; ``--verbose`` shows the
+traceback and debug logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from nextgpt.errors import NextGPTError
+
+logger = logging.getLogger("nextgpt.cli")
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--preset",
+        default=None,
+        help="preset name (tiny, small, nextgpt-7b, nextgpt-7b-legacy); default small",
+    )
+    g.add_argument("--model", default=None, help="a directory written by save_pretrained / training")
+    p.add_argument(
+        "--override", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)"
+    )
+    p.add_argument("--device", default="cpu")
+
+
+def _add_decoder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--modalities",
+        default=None,
+        help="comma-separated outputs, e.g. text,image (default: the model decides)",
+    )
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: the decoder's config)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--num-frames", type=int, default=None)
+    p.add_argument("--audio-seconds", type=float, default=None)
+
+
+def _load_model(args):
+    from nextgpt.model import NextGPT
+
+    if args.model:
+        if args.override:
+            raise NextGPTError("--override applies to presets; a saved model carries its own config")
+        return NextGPT.from_pretrained(args.model, device=args.device)
+    return NextGPT.from_preset(args.preset or "small", args.override, device=args.device)
+
+
+def _generate_kwargs(args) -> dict:
+    return {
+        "modalities": args.modalities.split(",") if args.modalities else None,
+        "seed": args.seed,
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": args.sample,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance,
+        "height": args.height,
+        "width": args.width,
+        "num_frames": args.num_frames,
+        "audio_length_in_s": args.audio_seconds,
+        "progress": True,
+    }
+
+
+def _media_parts(args) -> list:
+    from nextgpt.media import Audio, Video
+
+    parts: list = [Path(p) for p in args.image or []]
+    parts += [Audio(p) for p in args.audio or []]
+    parts += [Video(p) for p in args.video or []]
+    return parts
+
+
+# ---------------------------------------------------------------------------------------- commands
+
+
+def cmd_generate(args) -> int:
+    model = _load_model(args)
+    out = model.generate([*_media_parts(args), args.prompt], **_generate_kwargs(args))
+    print(out.text)
+    for path in out.save(args.out, prefix=args.prefix):
+        if path.suffix != ".txt":
+            print(f"saved {path}")
+    return 0
+
+
+CHAT_HELP = """commands: /image PATH  /audio PATH  /video PATH  attach media to the next message
+          /modalities text,image  set outputs (/modalities auto = the model decides)
+          /save DIR  save the last reply's media   /reset  clear history   /quit"""
+
+
+def cmd_chat(args, stdin=None) -> int:
+    from nextgpt.media import Audio, Video
+
+    stdin = stdin or sys.stdin
+    model = _load_model(args)
+    kwargs = _generate_kwargs(args)
+    history: list[dict] = []
+    pending: list = []
+    last = None
+    print(f"nextgpt chat ({model.config.name}). {CHAT_HELP}")
+    while True:
+        print("> ", end="", flush=True)
+        line = stdin.readline()
+        if not line:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            cmd, _, arg = line.partition(" ")
+            arg = arg.strip()
+            try:
+                if cmd == "/quit":
+                    break
+                elif cmd in ("/image", "/audio", "/video"):
+                    path = Path(arg).expanduser()
+                    if not path.is_file():
+                        print(f"error: no such file: {path}")
+                        continue
+                    pending.append({"/image": path, "/audio": Audio(path), "/video": Video(path)}[cmd])
+                    print(f"attached {path.name}")
+                elif cmd == "/modalities":
+                    kwargs["modalities"] = None if arg in ("", "auto") else arg.split(",")
+                    print(f"outputs: {kwargs['modalities'] or 'model decides'}")
+                elif cmd == "/save":
+                    if last is None:
+                        print("nothing to save yet")
+                    else:
+                        for p in last.save(arg or "outputs/chat"):
+                            print(f"saved {p}")
+                elif cmd == "/reset":
+                    history, pending = [], []
+                    print("history cleared")
+                else:
+                    print(CHAT_HELP)
+            except NextGPTError as exc:
+                print(f"error: {exc}")
+            continue
+        user = {"role": "user", "content": [*pending, line]}
+        try:
+            last = model.generate([*history, user], **kwargs)
+        except NextGPTError as exc:
+            print(f"error: {exc}")
+            continue
+        pending = []
+        history += [user, {"role": "assistant", "content": last.text or "(media)"}]
+        print(last.text)
+        media = len(last.images) + len(last.audios) + len(last.videos)
+        if media:
+            print(
+                f"[{len(last.images)} image(s), {len(last.audios)} audio, {len(last.videos)} video(s); /save DIR to write them]"
+            )
+    return 0
+
+
+def cmd_import_legacy(args) -> int:
+    from nextgpt.model import NextGPT
+
+    model = NextGPT.from_legacy_checkpoint(args.checkpoint, preset=args.preset, overrides=args.override)
+    out = model.save_pretrained(args.out)
+    print(f"imported {args.checkpoint} -> {out} (load with NextGPT.from_pretrained)")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from nextgpt.web import serve
+
+    serve(preset=args.preset, model_dir=args.model, overrides=args.override, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_data_convert(args) -> int:
+    from nextgpt.stages.data.convert import convert
+
+    report = convert(args.format, args.input, args.media_dir, args.out, max_per_shard=args.max_per_shard)
+    print(report.summary() if hasattr(report, "summary") else report)
+    return 0
+
+
+def cmd_data_demo(args) -> int:
+    from nextgpt.stages.data.demo import build_demo_dataset
+
+    written = build_demo_dataset(args.out, seed=args.seed)
+    for kind, paths in written.items():
+        print(f"{kind}: {len(paths)} shard(s) in {Path(args.out) / kind}")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from nextgpt.stages.cache import build_cache
+
+    path = build_cache(
+        args.what, args.data, args.out, preset=args.preset, overrides=args.override, stage=args.stage
+    )
+    print(f"cache written to {path}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from nextgpt.stages.train import train
+
+    result = train(
+        stage=args.stage,
+        preset=args.preset,
+        data=args.data,
+        out=args.out,
+        overrides=args.override,
+        init_from=args.init_from,
+        resume=not args.no_resume,
+    )
+    print(f"stage {args.stage} finished: model saved in {result}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="nextgpt", description="Any-to-any multimodal LLMs (NExT-GPT style).")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="answer one prompt; prints the text and saves media")
+    p.add_argument("prompt")
+    p.add_argument("--image", action="append", help="input image (repeatable)")
+    p.add_argument("--audio", action="append", help="input sound (repeatable)")
+    p.add_argument("--video", action="append", help="input video (repeatable)")
+    p.add_argument("--out", default="outputs", help="where media are saved")
+    p.add_argument("--prefix", default="output")
+    _add_model_args(p)
+    _add_decoder_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="multi-turn terminal chat")
+    _add_model_args(p)
+    _add_decoder_args(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("import-legacy", help="import the official NExT-GPT pytorch_model.pt")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="directory for the imported model (save_pretrained format)")
+    p.add_argument("--preset", default="nextgpt-7b-legacy")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_import_legacy)
+
+    p = sub.add_parser("serve", help="web chat demo (needs the [demo] extra: gradio)")
+    _add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.set_defaults(func=cmd_serve)
+
+    data = sub.add_parser("data", help="training data: convert upstream formats, build the demo set")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    p = dsub.add_parser("convert", help="convert an upstream JSON format into webdataset shards")
+    p.add_argument("format", help="cc3m, webvid, audiocap, t2m, mosit, llava, alpaca")
+    p.add_argument("--input", required=True, help="the upstream JSON file")
+    p.add_argument("--media-dir", default=None, help="folder holding the media the JSON names")
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-per-shard", type=int, default=1000)
+    p.set_defaults(func=cmd_data_convert)
+    p = dsub.add_parser("demo", help="build the small demo dataset from media shipped by packages")
+    p.add_argument("--out", default="data/demo")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_demo)
+
+    p = sub.add_parser("cache", help="precompute frozen features (encoder embeddings, caption targets)")
+    p.add_argument("what", choices=["encoder", "captions"])
+    p.add_argument("--data", required=True, help="folder of shards")
+    p.add_argument("--out", required=True)
+    p.add_argument("--stage", type=int, default=1)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser(
+        "train", help="train one stage (1 encoding alignment, 2 decoding alignment, 3 instruction tuning)"
+    )
+    p.add_argument("--stage", type=int, required=True, choices=[1, 2, 3])
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--data", default=None, help="data folder (default: the config's training.data_dir)")
+    p.add_argument("--out", default=None, help="run folder (default: the config's training.output_dir)")
+    p.add_argument("--init-from", default=None, help="a previous stage's model directory")
+    p.add_argument(
+        "--no-resume", action="store_true", help="start over even if the run folder has a checkpoint"
+    )
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_train)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
+    )
+    if not args.verbose:  # third-party chatter stays out of the way of the answers
+        import warnings
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        for name in ("transformers", "diffusers", "httpx", "peft"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        return int(args.func(args) or 0)
+    except NextGPTError as exc:
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
