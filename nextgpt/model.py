@@ -119,22 +119,39 @@ class NextGPT(nn.Module):
     def encode_media(self, slots: Sequence[Sequence[MediaItem]]) -> list[torch.Tensor]:
         """Projected tokens ``[T, H]`` for each media slot, in order. Items of one modality are
         encoded as one batch; a slot with several items sums their projected tokens (legacy)."""
+        items: dict[Modality, list[object]] = {}
+        for slot in slots:
+            for item in slot:
+                items.setdefault(item.modality, []).append(item.value)
+        features = {
+            m: self.media_features(m, self.encoder.preprocess(m, values)) for m, values in items.items()
+        }
+        return self.project_slots([[item.modality for item in slot] for slot in slots], features)
+
+    def media_features(self, modality: Modality, batch: torch.Tensor) -> torch.Tensor:
+        """What the input projector consumes for a preprocessed batch: pooled ``[N, D]`` (linear) or
+        patch tokens ``[N, L, D]`` (grouping). This is what the encoder feature cache stores."""
         patch = self.config.model.input_projector.uses_patch_tokens
-        by_modality: dict[Modality, list[tuple[int, int]]] = {}
-        for s, slot in enumerate(slots):
-            for k, item in enumerate(slot):
-                by_modality.setdefault(item.modality, []).append((s, k))
-        projected: dict[tuple[int, int], torch.Tensor] = {}
-        for modality, where in by_modality.items():
-            items = [slots[s][k].value for s, k in where]
-            enc = self.encoder.encode(modality, items, return_tokens=patch)
-            feats = (enc.tokens if patch else enc.embeds).to(self.device)
-            tokens = self.input_projector(feats)  # (N, T, H)
-            for n, key in enumerate(where):
-                projected[key] = tokens[n]
-        return [
-            torch.stack([projected[(s, k)] for k in range(len(slot))]).sum(0) for s, slot in enumerate(slots)
-        ]
+        enc = self.encoder(modality, batch, return_tokens=patch)
+        return enc.tokens if patch else enc.embeds
+
+    def project_slots(
+        self, slot_modalities: Sequence[Sequence[Modality]], features: dict[Modality, torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Input projector over per-modality features (items in slot order) -> per slot ``[T, H]``."""
+        projected = {m: self.input_projector(f.to(self.device)) for m, f in features.items()}  # (N, T, H)
+        cursor = dict.fromkeys(projected, 0)
+        out = []
+        for mods in slot_modalities:
+            tokens = []
+            for m in mods:
+                tokens.append(projected[m][cursor[m]])
+                cursor[m] += 1
+            out.append(torch.stack(tokens).sum(0))
+        for m, used in cursor.items():
+            if used != projected[m].shape[0]:
+                raise InputError(f"{projected[m].shape[0]} {m.value} features for {used} {m.value} items")
+        return out
 
     def embed_inputs(self, input_ids: torch.Tensor, media_tokens: Sequence[torch.Tensor]) -> torch.Tensor:
         """Token embeddings ``[B, L, H]`` with media tokens scattered at the placeholder positions.

@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ["nextgpt", "nextgpt.encoders", "nextgpt.projectors", "nextgpt.decoders", "nextgpt.stages"]
+SUBPACKAGES = [
+    "nextgpt",
+    "nextgpt.encoders",
+    "nextgpt.projectors",
+    "nextgpt.decoders",
+    "nextgpt.stages",
+    "nextgpt.stages.data",
+]
 # Top-level names that must NOT be installed: they belong to unrelated PyPI projects.
 FORBIDDEN = ["encoders", "decoders", "stages", "projectors"]
 

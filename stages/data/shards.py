@@ -1,0 +1,769 @@
+"""Reading and writing webdataset shards of training samples (schema in :mod:`.schema`).
+
+Reading (:class:`ShardDataset`, :func:`iter_samples`) goes shard -> raw samples (members grouped by key)
+-> optional shuffle buffer -> decode + validate -> :class:`~.schema.Sample`. Anything wrong with one
+sample (undecodable media, bad json, a missing field or member, a corrupt or truncated tar) skips that
+sample: a warning names the key and the reason, and :class:`DataStats` counts it. Once
+``min_samples_before_check`` samples were seen, a bad fraction above ``max_bad_fraction`` raises
+:class:`~nextgpt.errors.InputError`: a few broken files are normal in web-scale data, a large fraction
+means the wrong data or a broken pipeline.
+
+Splitting (no sample twice per epoch). Every DataLoader worker of every rank is one *global worker*
+``g = rank * num_workers + worker_id`` out of ``G = world_size * num_workers``. The shard list is put in
+the same order on every rank (shuffled with ``(seed, epoch)`` when ``shuffle > 0``), then:
+
+* ``split="shard"``: global worker ``g`` reads shards ``g, g + G, g + 2G, ...``;
+* ``split="sample"``: every worker reads every shard and keeps raw samples ``g, g + G, ...`` (more
+  reading, but balanced to within one sample; for fewer shards than workers);
+* ``split="auto"`` (default): ``shard`` when there are at least ``G`` shards, else ``sample``.
+
+Rank and world size come from ``torch.distributed`` when it is initialised, else from the ``RANK`` and
+``WORLD_SIZE`` environment variables, else 0 and 1; pass ``rank``/``world_size`` (or call
+:meth:`ShardDataset.set_distributed`) to fix them explicitly. The order is a pure function of
+``(urls, seed, epoch, rank, world_size, num_workers)``: exact resume replays an epoch with ``skip``.
+
+Writing (:func:`write_samples`) uses webdataset's ``ShardWriter`` with fixed member times, so the same
+records give byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import logging
+import os
+import random
+import re
+import tarfile
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from nextgpt.errors import InputError
+from nextgpt.media import Audio, Video
+from nextgpt.modality import Modality
+from nextgpt.processor import MediaItem, Turn
+
+from .schema import (
+    CONVERSATION,
+    PAIR,
+    BadSample,
+    ConversationRecord,
+    PairRecord,
+    Sample,
+    check_stage,
+    clean_caption,
+    find_pair_media,
+    pair_caption,
+    pair_turns,
+    parse_conversation,
+    parse_json_member,
+    record_members,
+    safe_key,
+)
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+#: Images with more pixels than this are refused (PIL's decompression-bomb warning threshold).
+MAX_IMAGE_PIXELS = 89_478_485
+#: How many bad keys :class:`DataStats` remembers.
+MAX_BAD_KEYS = 100
+#: Audio containers soundfile cannot read; decoded with PyAV.
+_AV_AUDIO = frozenset({"m4a", "aac", "mp4", "webm", "opus"})
+SPLITS = ("auto", "shard", "sample")
+
+
+# --------------------------------------------------------------------------------------------------
+# media codecs (bytes <-> python objects)
+
+
+def _ext(field_name: str) -> str:
+    return field_name.rsplit(".", 1)[-1].lower()
+
+
+def decode_image(data: bytes, *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Fully decode image bytes to an RGB ``PIL.Image.Image``; raise ``ValueError`` if unusable."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w <= 0 or h <= 0:
+            raise ValueError(f"empty image ({w}x{h})")
+        if max_pixels is not None and w * h > max_pixels:
+            raise ValueError(f"image is {w}x{h} pixels, above the limit of {max_pixels}")
+        img.load()
+    return img.convert("RGB")
+
+
+def decode_audio(data: bytes, ext: str = "wav") -> Audio:
+    """Decode audio bytes to :class:`nextgpt.Audio` with a float32 ``[C, N]`` waveform.
+
+    soundfile reads wav/flac/ogg/mp3/...; the sound track of m4a/aac/mp4/webm goes through PyAV.
+    """
+    ext = ext.lower().lstrip(".")
+    if ext in _AV_AUDIO:
+        wave, rate = _decode_audio_av(data)
+    else:
+        import soundfile as sf
+
+        arr, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # [N, C]
+        wave = np.ascontiguousarray(arr.T)
+    if wave.shape[-1] == 0:
+        raise ValueError("audio has no samples")
+    if not np.isfinite(wave).all():
+        raise ValueError("audio contains NaN or infinite samples")
+    return Audio(wave, sample_rate=int(rate))
+
+
+def _decode_audio_av(data: bytes) -> tuple[np.ndarray, int]:
+    import av
+
+    chunks = []
+    with av.open(io.BytesIO(data)) as container:
+        if not container.streams.audio:
+            raise ValueError("no audio stream")
+        stream = container.streams.audio[0]
+        rate = int(stream.rate or stream.codec_context.sample_rate or 0)
+        resampler = av.AudioResampler(format="fltp")
+        for frame in container.decode(stream):
+            chunks.extend(out.to_ndarray() for out in resampler.resample(frame))
+        chunks.extend(out.to_ndarray() for out in resampler.resample(None))
+    if rate <= 0:
+        raise ValueError("audio stream has no sample rate")
+    if not chunks:
+        return np.zeros((1, 0), np.float32), rate
+    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), rate
+
+
+def decode_video(data: bytes, *, max_frames: int | None = None, first_frame_only: bool = False) -> Video:
+    """Decode video bytes with PyAV to :class:`nextgpt.Video` (uint8 ``[T, H, W, 3]`` RGB, fps).
+
+    Args:
+        max_frames: keep at most this many frames by taking every k-th frame (the frame rate is divided
+            by k, so times stay right); ``None`` keeps every frame.
+        first_frame_only: decode one frame (a cheap validity check).
+    """
+    import av
+
+    frames: list[np.ndarray] = []
+    with av.open(io.BytesIO(data)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+        stride = 1
+        if max_frames is not None and max_frames > 0:
+            total = stream.frames or 0
+            if not total and container.duration and fps:
+                total = int(round(container.duration / 1e6 * fps))
+            stride = max(1, -(-total // max_frames)) if total else 1
+        pts: list[float] = []
+        for i, frame in enumerate(container.decode(stream)):
+            if i % stride:
+                continue
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if frame.pts is not None and frame.time_base is not None:
+                pts.append(float(frame.pts * frame.time_base))
+            if first_frame_only or (max_frames and len(frames) >= max_frames):
+                break
+    if not frames:
+        raise ValueError("video has no decodable frames")
+    if fps <= 0 and len(pts) >= 2 and pts[-1] > pts[0]:
+        fps = (len(pts) - 1) / (pts[-1] - pts[0]) * stride
+    if fps <= 0:
+        raise ValueError("video has no frame rate")
+    return Video(np.stack(frames), fps=fps / stride)
+
+
+def encode_image(image: Image.Image, fmt: str = "jpg", *, quality: int = 90) -> bytes:
+    """Encode a PIL image (``fmt``: jpg, png or webp)."""
+    fmt = fmt.lower()
+    buf = io.BytesIO()
+    if fmt in ("jpg", "jpeg"):
+        image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    elif fmt == "png":
+        image.save(buf, format="PNG")
+    elif fmt == "webp":
+        image.save(buf, format="WEBP", quality=quality)
+    else:
+        raise ValueError(f"cannot encode images as {fmt!r}; use jpg, png or webp")
+    return buf.getvalue()
+
+
+def encode_audio(
+    waveform: np.ndarray, sample_rate: int, fmt: str = "wav", *, subtype: str | None = None
+) -> bytes:
+    """Encode a float waveform ``[C, N]`` or ``[N]`` with soundfile (``fmt``: wav, flac, ogg, mp3)."""
+    import soundfile as sf
+
+    wave = np.asarray(waveform, dtype=np.float32)
+    wave = wave.reshape(1, -1) if wave.ndim == 1 else wave
+    formats = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3"}
+    if fmt.lower() not in formats:
+        raise ValueError(f"cannot encode audio as {fmt!r}; use one of {sorted(formats)}")
+    buf = io.BytesIO()
+    sf.write(buf, wave.T, int(sample_rate), format=formats[fmt.lower()], subtype=subtype)
+    return buf.getvalue()
+
+
+def encode_video(frames: np.ndarray, fps: float, *, crf: int = 23) -> bytes:
+    """Encode uint8 RGB frames ``[T, H, W, 3]`` as H.264 mp4 (MPEG-4 part 2 if libx264 is missing).
+
+    Odd widths/heights are cropped by one pixel (yuv420p needs even sizes). Single-threaded, so the
+    same frames give the same bytes.
+    """
+    from fractions import Fraction
+
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+    h, w = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
+    frames = frames[:, :h, :w]
+    rate = Fraction(fps).limit_denominator(1001)
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        try:
+            stream = out.add_stream("libx264", rate=rate)
+            # x264's macroblock-tree rate control gave run-to-run differences here; without it (and
+            # with one thread) the output bytes are reproducible.
+            stream.options = {"crf": str(crf), "preset": "medium", "threads": "1", "x264-params": "mbtree=0"}
+        except Exception:  # an FFmpeg build without libx264
+            stream = out.add_stream("mpeg4", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.thread_count = 1
+        for arr in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")))
+        out.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+def decode_media(field_name: str, data: bytes, modality: Modality, *, max_video_frames: int | None = None):
+    """Decode one media member to the value a :class:`~nextgpt.processor.MediaItem` holds."""
+    if modality is Modality.IMAGE:
+        return decode_image(data)
+    if modality is Modality.AUDIO:
+        return decode_audio(data, _ext(field_name))
+    if modality is Modality.VIDEO:
+        return decode_video(data, max_frames=max_video_frames)
+    raise ValueError(f"cannot decode modality {modality}")
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+
+
+def write_samples(
+    out_dir: str | os.PathLike,
+    samples: Iterable[PairRecord | ConversationRecord],
+    *,
+    prefix: str,
+    max_count_per_shard: int = 1000,
+    max_size_per_shard: float = 1e9,
+    overwrite: bool = False,
+    on_written: Callable[[PairRecord | ConversationRecord, str], None] | None = None,
+) -> list[Path]:
+    """Write records into ``out_dir/<prefix>-000000.tar, ...`` and return the shard paths.
+
+    Keys are ``<8-digit index>_<id>`` (made webdataset-safe). A record that would not read back
+    (:class:`~.schema.BadSample`) raises ``InputError`` — callers validate their records first.
+
+    Args:
+        overwrite: remove existing ``<prefix>-*.tar`` first; otherwise existing shards are an error
+            (stale shards of an earlier, longer run would be read as part of the dataset).
+        on_written: called with each record and its key after it is written.
+    """
+    import webdataset as wds
+
+    if max_count_per_shard < 1:
+        raise InputError(f"max_count_per_shard must be >= 1, got {max_count_per_shard}")
+    if not prefix or safe_key(prefix) != prefix:
+        raise InputError(f"shard prefix must be letters, digits, '_' or '-', got {prefix!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    existing = sorted(out.glob(f"{prefix}-*.tar"))
+    if existing:
+        if not overwrite:
+            raise InputError(
+                f"{out} already holds {len(existing)} shard(s) named {prefix}-*.tar; "
+                "pass overwrite=True or choose another output folder/prefix"
+            )
+        for p in existing:
+            p.unlink()
+    pattern = str(out / f"{prefix}-%06d.tar")
+    writer = None
+    n = 0
+    try:
+        for record in samples:
+            try:
+                members = record_members(record)
+            except BadSample as exc:
+                raise InputError(f"record {getattr(record, 'id', '?')!r} cannot be written: {exc}") from None
+            key = f"{n:08d}_{safe_key(record.id)}"
+            if writer is None:
+                writer = wds.ShardWriter(
+                    pattern,
+                    maxcount=max_count_per_shard,
+                    maxsize=max_size_per_shard,
+                    verbose=0,
+                    encoder=False,
+                    mtime=0.0,
+                )
+            writer.write({"__key__": key, **members})
+            n += 1
+            if on_written is not None:
+                on_written(record, key)
+    finally:
+        if writer is not None:
+            writer.close()
+    paths = sorted(out.glob(f"{prefix}-*.tar"))
+    logger.info("wrote %d samples into %d shard(s) under %s", n, len(paths), out)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------
+# shard lists
+
+
+def _is_remote(url: str) -> bool:
+    return "://" in url or url.startswith("pipe:")
+
+
+def expand_urls(urls: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
+    """Shard list from a directory (its ``*.tar``, sorted), a glob, a brace pattern
+    (``pairs-{000000..000009}.tar``), ``::``-separated patterns, or a list of those.
+
+    Raises:
+        InputError: a local shard that does not exist, or no shards at all.
+    """
+    from webdataset.shardlists import expand_urls as wds_expand
+
+    items = [urls] if isinstance(urls, (str, os.PathLike)) else list(urls)
+    out: list[str] = []
+    for item in items:
+        text = os.fspath(item)
+        if _is_remote(text):
+            out.extend(wds_expand(text))
+            continue
+        for pat in wds_expand(text):
+            if os.path.isdir(pat):
+                found = sorted(
+                    glob.glob(os.path.join(pat, "*.tar")) + glob.glob(os.path.join(pat, "*.tar.gz"))
+                )
+                if not found:
+                    raise InputError(f"shard folder '{pat}' holds no .tar files")
+                out.extend(found)
+            elif glob.has_magic(pat):
+                found = sorted(glob.glob(pat))
+                if not found:
+                    raise InputError(f"no shards match '{pat}'")
+                out.extend(found)
+            else:
+                out.append(pat)
+    if not out:
+        raise InputError("empty shard list")
+    missing = [u for u in out if not _is_remote(u) and not os.path.isfile(u)]
+    if missing:
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise InputError(f"{len(missing)} shard(s) not found: {', '.join(missing[:3])}{more}")
+    return out
+
+
+def _open(url: str):
+    if _is_remote(url):
+        from webdataset.gopen import gopen
+
+        return gopen(url, "rb")
+    return open(url, "rb")
+
+
+def _split_name(name: str) -> tuple[str | None, str | None]:
+    """webdataset's rule: key = path up to the first dot of the base name, field = the rest."""
+    head, _, base = name.rpartition("/")
+    if "." not in base or base.startswith("."):
+        return None, None
+    stem, _, rest = base.partition(".")
+    return (f"{head}/{stem}" if head else stem), rest.lower()
+
+
+def iter_raw(url: str) -> Iterator[dict]:
+    """Raw samples of one shard: ``{"__key__", "__url__", field: bytes, ...}``. A read error ends the
+    shard with one ``{"__error__": reason}`` item (the partial sample it interrupted is dropped)."""
+    current: dict | None = None
+    last_key = "<start>"
+    size = os.path.getsize(url) if not _is_remote(url) and url.endswith(".tar") else None
+    try:
+        with _open(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for info in tar:
+                if not info.isreg():
+                    continue
+                key, fld = _split_name(info.name)
+                if key is None or (key.startswith("__") and key.endswith("__")):
+                    continue
+                data = tar.extractfile(info).read()
+                if current is not None and key != current["__key__"]:
+                    yield current
+                    current = None
+                if current is None:
+                    current = {"__key__": key, "__url__": url}
+                    last_key = key
+                if fld in current:
+                    current["__error__"] = f"duplicate member {info.name!r}"
+                current[fld] = data
+            # tarfile takes a header cut short for the end of the archive: compare with the file size
+            # (a complete tar ends with two zero blocks after the last member).
+            if size is not None and size < tar.offset + 2 * tarfile.BLOCKSIZE:
+                raise tarfile.ReadError("the archive ends before its end-of-archive blocks")
+        if current is not None:
+            yield current
+    except Exception as exc:  # corrupt/truncated tar, unreadable stream
+        yield {
+            "__key__": f"{url}#{last_key}",
+            "__url__": url,
+            "__error__": f"corrupt or truncated shard ({type(exc).__name__}: {exc})",
+        }
+
+
+def count_samples(urls, *, per_shard: bool = False) -> int | dict[str, int]:
+    """Number of raw samples (distinct consecutive keys) in the shards, read from tar headers only for
+    local uncompressed shards. Bad samples are included in the count."""
+    counts: dict[str, int] = {}
+    for url in expand_urls(urls):
+        n, last = 0, None
+        if not _is_remote(url) and url.endswith(".tar"):
+            try:
+                with tarfile.open(url, mode="r:") as tar:
+                    names = [m.name for m in tar.getmembers() if m.isreg()]
+            except (tarfile.TarError, OSError) as exc:
+                logger.warning("cannot list shard %s: %s", url, exc)
+                names = []
+            for name in names:
+                key, _ = _split_name(name)
+                if key is not None and key != last:
+                    n, last = n + 1, key
+        else:
+            n = sum(1 for s in iter_raw(url) if "__error__" not in s)
+        counts[url] = n
+    return counts if per_shard else sum(counts.values())
+
+
+# --------------------------------------------------------------------------------------------------
+# decoding
+
+
+@dataclass
+class DataStats:
+    """Counters of one reader (one per DataLoader worker)."""
+
+    seen: int = 0
+    bad: int = 0
+    bad_keys: list[str] = field(default_factory=list)
+    reasons: Counter = field(default_factory=Counter)
+
+    @property
+    def bad_fraction(self) -> float:
+        return self.bad / self.seen if self.seen else 0.0
+
+    def record_bad(self, key: str, reason: str) -> None:
+        self.bad += 1
+        if len(self.bad_keys) < MAX_BAD_KEYS:
+            self.bad_keys.append(key)
+        self.reasons[re.split(r"[:(\'\"]", reason, maxsplit=1)[0].strip()] += 1
+
+
+def decode_sample(
+    raw: dict,
+    stage: int,
+    *,
+    decode_output_media: bool = True,
+    max_video_frames: int | None = None,
+    clean_output_captions: bool = False,
+) -> Sample:
+    """Validate and decode one raw sample; raise :class:`~.schema.BadSample` with the reason."""
+    if "__error__" in raw:
+        raise BadSample(raw["__error__"])
+    key, url = raw["__key__"], raw.get("__url__", "")
+    fields = {k: v for k, v in raw.items() if not k.startswith("__")}
+    meta = parse_json_member(fields["json"]) if "json" in fields else {}
+    kind = meta.get("kind", PAIR)
+    sid = str(meta.get("id") or meta.get("key") or key)
+    source = str(meta.get("source") or "")
+
+    def media(fld: str, modality: Modality):
+        try:
+            return decode_media(fld, fields[fld], modality, max_video_frames=max_video_frames)
+        except Exception as exc:
+            raise BadSample(
+                f"cannot decode {modality.value} member {fld!r}: {type(exc).__name__}: {exc}"
+            ) from None
+
+    if kind == PAIR:
+        fld, modality = find_pair_media(meta, set(fields))
+        caption = pair_caption(meta, fields)
+        as_output = stage != 1
+        value = media(fld, modality) if (decode_output_media or not as_output) else None
+        turns, captions = pair_turns(
+            stage, modality, caption, value, clean_output_captions=clean_output_captions
+        )
+        names = [meta.get("name") if isinstance(meta.get("name"), str) else None] if captions else []
+        return Sample(key, PAIR, turns, captions, id=sid, source=source, url=url, output_names=names)
+    if kind != CONVERSATION:
+        raise BadSample(f"unknown sample kind {kind!r}; valid: pair, conversation")
+
+    specs = parse_conversation(meta, set(fields))
+    decoded: dict[str, object] = {}
+    turns, captions, names = [], [], []
+    for spec in specs:
+        parts: list[str | MediaItem] = []
+        for p in spec.parts:
+            if p.text is not None:
+                parts.append(p.text)
+                continue
+            value = None
+            if p.media is not None and (spec.role == "user" or decode_output_media):
+                if p.media not in decoded:
+                    decoded[p.media] = media(p.media, p.modality)
+                value = decoded[p.media]
+            parts.append(MediaItem(p.modality, value))
+            if spec.role == "assistant":
+                cap = p.caption.strip()
+                captions.append(clean_caption(cap) if clean_output_captions else cap)
+                names.append(p.name)
+        turns.append(Turn(spec.role, parts))
+    return Sample(key, CONVERSATION, turns, captions, id=sid, source=source, url=url, output_names=names)
+
+
+# --------------------------------------------------------------------------------------------------
+# the dataset
+
+
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return 0, 1
+
+
+def _shuffled(items: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
+    """A shuffle buffer: hold ``size`` items, emit a random one as each new item arrives."""
+    buf: list[dict] = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        i = rng.randrange(size)
+        buf[i], item = item, buf[i]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
+
+
+class ShardDataset(IterableDataset):
+    """Decoded samples from webdataset shards for a training stage.
+
+    Args:
+        urls: shard paths/patterns/folders (see :func:`expand_urls`).
+        stage: 1, 2 or 3; decides how pairs become turns (:func:`~.schema.pair_turns`).
+        shuffle: shuffle-buffer size in samples; ``> 0`` also shuffles the shard order. 0: file order.
+        seed: seed of every shuffle (with the epoch, the rank and the worker).
+        max_bad_fraction: tolerated fraction of bad samples per worker.
+        min_samples_before_check: samples a worker sees before the fraction is checked.
+        rank, world_size: fix the distributed position (default: from torch.distributed / env).
+        split: ``"auto"``, ``"shard"`` or ``"sample"`` (module docstring).
+        epoch: the epoch (changes the shuffles); see :meth:`set_epoch`.
+        skip: samples each worker drops at the start of the epoch (resume inside an epoch).
+        max_samples_per_worker: stop each worker after this many samples.
+        balanced: cap every worker at the smallest raw-sample count any global worker gets this epoch,
+            so that all ranks run the same number of steps under DDP (counts come from the tar headers,
+            read once here; bad samples still shorten a worker, so keep them rare).
+        decode_output_media: decode the media of assistant turns (off: ``value=None``, only captions).
+        max_video_frames: subsample decoded videos to at most this many frames (``None``: all).
+        clean_output_captions: clean output captions like the LM targets (default: raw captions).
+
+    Attributes:
+        stats: :class:`DataStats` of the iteration in this process (each worker has its own copy).
+    """
+
+    def __init__(
+        self,
+        urls,
+        stage: int,
+        *,
+        shuffle: int = 0,
+        seed: int = 0,
+        max_bad_fraction: float = 0.01,
+        min_samples_before_check: int = 100,
+        rank: int | None = None,
+        world_size: int | None = None,
+        split: str = "auto",
+        epoch: int = 0,
+        skip: int = 0,
+        max_samples_per_worker: int | None = None,
+        balanced: bool = False,
+        decode_output_media: bool = True,
+        max_video_frames: int | None = None,
+        clean_output_captions: bool = False,
+    ) -> None:
+        super().__init__()
+        self.urls = expand_urls(urls)
+        self.stage = check_stage(stage)
+        if split not in SPLITS:
+            raise InputError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        if not 0.0 <= max_bad_fraction <= 1.0:
+            raise InputError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+        self.shuffle = int(shuffle)
+        self.seed = int(seed)
+        self.max_bad_fraction = float(max_bad_fraction)
+        self.min_samples_before_check = int(min_samples_before_check)
+        self.rank = self.world_size = None
+        if rank is not None or world_size is not None:
+            if rank is None or world_size is None:
+                raise InputError("pass rank and world_size together")
+            self.set_distributed(rank, world_size)
+        self.split = split
+        self.epoch = int(epoch)
+        self.skip = int(skip)
+        self.max_samples_per_worker = max_samples_per_worker
+        self.shard_counts: dict[str, int] | None = (
+            count_samples(self.urls, per_shard=True) if balanced else None
+        )
+        self.decode_output_media = decode_output_media
+        self.max_video_frames = max_video_frames
+        self.clean_output_captions = clean_output_captions
+        self.stats = DataStats()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration follows (call before each epoch)."""
+        self.epoch = int(epoch)
+
+    def set_distributed(self, rank: int, world_size: int) -> None:
+        """Fix the rank and world size (e.g. from a LightningDataModule's ``setup``)."""
+        if not 0 <= rank < world_size:
+            raise InputError(f"rank {rank} is outside world size {world_size}")
+        self.rank, self.world_size = int(rank), int(world_size)
+
+    def worker_position(self) -> tuple[int, int]:
+        """``(global worker index, number of global workers)`` of the calling process."""
+        rank, world = (self.rank, self.world_size) if self.rank is not None else _dist_info()
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        return rank * nw + wid, world * nw
+
+    def _plan(self, total: int) -> tuple[str, list[str]]:
+        """This epoch's split mode and shard order (the same on every rank and worker)."""
+        urls = list(self.urls)
+        if self.shuffle > 0:
+            random.Random(f"shards:{self.seed}:{self.epoch}").shuffle(urls)
+        mode = self.split
+        if mode == "auto":
+            mode = "shard" if len(urls) >= total else "sample"
+        return mode, urls
+
+    def balanced_length(self, total: int) -> int:
+        """The smallest number of raw samples any of ``total`` global workers gets this epoch."""
+        if self.shard_counts is None:
+            self.shard_counts = count_samples(self.urls, per_shard=True)
+        mode, urls = self._plan(total)
+        if mode == "sample":
+            return sum(self.shard_counts[u] for u in urls) // total
+        return min(sum(self.shard_counts[u] for u in urls[g::total]) for g in range(total))
+
+    def _raw(self, g: int, total: int) -> Iterator[dict]:
+        mode, urls = self._plan(total)
+        if mode == "shard":
+            for url in urls[g::total]:
+                yield from iter_raw(url)
+            return
+        i = 0
+        for url in urls:
+            for raw in iter_raw(url):
+                if i % total == g:
+                    yield raw
+                i += 1
+
+    def __iter__(self) -> Iterator[Sample]:
+        self.stats = DataStats()
+        return self._iterate(self.stats)
+
+    def _iterate(self, stats: DataStats) -> Iterator[Sample]:
+        g, total = self.worker_position()
+        raws = self._raw(g, total)
+        if self.shuffle > 0:
+            raws = _shuffled(
+                raws, self.shuffle, random.Random(f"samples:{self.seed}:{self.epoch}:{g}:{total}")
+            )
+        cap = self.max_samples_per_worker
+        if self.shard_counts is not None:  # balanced
+            even = self.balanced_length(total)
+            cap = even if cap is None else min(cap, even)
+        if cap is not None and cap <= 0:
+            return
+        yielded = skipped = 0
+        for raw in raws:
+            stats.seen += 1
+            try:
+                sample = decode_sample(
+                    raw,
+                    self.stage,
+                    decode_output_media=self.decode_output_media,
+                    max_video_frames=self.max_video_frames,
+                    clean_output_captions=self.clean_output_captions,
+                )
+            except BadSample as exc:
+                sample = None
+                stats.record_bad(raw["__key__"], str(exc))
+                logger.warning("skipping sample %s (%s): %s", raw["__key__"], raw.get("__url__", ""), exc)
+            self._check(stats)
+            if sample is None:
+                continue
+            if skipped < self.skip:
+                skipped += 1
+                continue
+            yield sample
+            yielded += 1
+            if cap is not None and yielded >= cap:
+                return
+        # All bad: an error, unless this is one of several workers that saw only a handful of samples
+        # (a tiny dataset with one broken shard must not fail on the worker that drew the broken part).
+        if stats.seen and stats.bad == stats.seen and (total == 1 or stats.seen >= 10):
+            raise InputError(
+                f"none of the {stats.seen} samples read by this worker could be used; "
+                f"first bad keys: {', '.join(stats.bad_keys[:5])}; reasons: {dict(stats.reasons)}"
+            )
+
+    def _check(self, stats: DataStats) -> None:
+        if stats.seen < self.min_samples_before_check or stats.bad_fraction <= self.max_bad_fraction:
+            return
+        raise InputError(
+            f"too many bad samples: {stats.bad} of {stats.seen} ({stats.bad_fraction:.1%}) exceed "
+            f"max_bad_fraction={self.max_bad_fraction:.1%}; first bad keys: {', '.join(stats.bad_keys[:5])}; "
+            f"reasons: {dict(stats.reasons)}"
+        )
+
+
+def iter_samples(urls, stage: int = 3, *, stats: DataStats | None = None, **kwargs) -> Iterator[Sample]:
+    """Iterate decoded samples in this process (no DataLoader). ``kwargs`` go to :class:`ShardDataset`;
+    pass ``stats`` to watch the counters while iterating."""
+    ds = ShardDataset(urls, stage, **kwargs)
+    yield from ds._iterate(stats if stats is not None else DataStats())
+
+
+def collate_samples(batch: list[Sample]) -> list[Sample]:
+    """DataLoader ``collate_fn`` that keeps decoded samples as a list (tokenisation happens later)."""
+    return list(batch)
