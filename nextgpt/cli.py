@@ -195,7 +195,14 @@ def cmd_import_legacy(args) -> int:
 def cmd_serve(args) -> int:
     from nextgpt.web import serve
 
-    serve(preset=args.preset, model_dir=args.model, overrides=args.override, host=args.host, port=args.port)
+    serve(
+        preset=args.preset or "small",
+        model_dir=args.model,
+        overrides=args.override,
+        device=args.device,
+        host=args.host,
+        port=args.port,
+    )
     return 0
 
 

@@ -1,0 +1,536 @@
+"""The web chat demo (``nextgpt.web``): upload checks, session handling, and the page in a real browser.
+
+The unit tests need no gradio. The end-to-end test serves the app on the ``tiny`` preset on 127.0.0.1
+and drives Debian's Chromium (``/usr/bin/chromium``) with Playwright; it is skipped, with the reason,
+when gradio, playwright or the browser is missing (``.ci/run`` installs them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from media_fixtures import (
+    synthetic_image,
+    synthetic_video_frames,
+    tone,
+    write_audio_only_mp4,
+    write_mp4,
+    write_wav,
+)
+from PIL import Image
+
+from nextgpt import Audio, GenerationOutput, InputError, Modality, Video
+from nextgpt.web import (
+    ChatBackend,
+    ChatSession,
+    Exchange,
+    GenerationSettings,
+    UploadLimits,
+    check_upload,
+    sniff_media,
+)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-sync",
+]
+WAIT_MS = 60_000
+
+
+# --------------------------------------------------------------------------------------------------
+# media
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    """Real media (PNG, 1 s WAV tone, 2 s mp4) and broken ones."""
+    d = tmp_path_factory.mktemp("media")
+    files = {}
+    files["png"] = d / "photo.png"
+    Image.fromarray(synthetic_image(64, 48)).save(files["png"])
+    files["wav"] = write_wav(d / "tone.wav", tone(16000, 1.0, 440.0), 16000, subtype="PCM_16")
+    files["mp4"] = write_mp4(d / "clip.mp4", synthetic_video_frames(20, 48, 64), 10)
+    files["garbage"] = d / "garbage.png"
+    files["garbage"].write_bytes(b"this is not an image \x00\x01\x02" * 20)
+    files["wav_as_png"] = d / "sound.png"
+    shutil.copyfile(files["wav"], files["wav_as_png"])
+    files["audio_mp4"] = write_audio_only_mp4(d / "voice.mp4", tone(16000, 1.0, 300.0), 16000)
+    files["truncated_png"] = d / "cut.png"
+    files["truncated_png"].write_bytes(files["png"].read_bytes()[:200])
+    files["truncated_mp4"] = d / "half.mp4"
+    files["truncated_mp4"].write_bytes(files["mp4"].read_bytes()[: files["mp4"].stat().st_size // 2])
+    files["txt"] = d / "notes.txt"
+    files["txt"].write_text("hello")
+    return files
+
+
+# --------------------------------------------------------------------------------------------------
+# upload checks
+
+
+def test_check_upload_accepts_real_media(media):
+    img = check_upload(media["png"])
+    assert (img.modality, img.name, img.duration) == (Modality.IMAGE, "photo.png", None)
+    assert img.as_part() == media["png"]
+
+    wav = check_upload(media["wav"])
+    assert wav.modality is Modality.AUDIO
+    assert wav.duration == pytest.approx(1.0, abs=1e-3)
+    assert isinstance(wav.as_part(), Audio) and wav.as_part().path == media["wav"]
+
+    mp4 = check_upload(media["mp4"])
+    assert mp4.modality is Modality.VIDEO
+    assert mp4.duration == pytest.approx(2.0, abs=0.2)
+    assert isinstance(mp4.as_part(), Video)
+
+
+@pytest.mark.parametrize(
+    ("key", "limits", "expected"),
+    [
+        ("garbage", UploadLimits(), "garbage.png: cannot decode image: unknown or unsupported image format"),
+        ("truncated_png", UploadLimits(), "cut.png: cannot decode image"),
+        (
+            "wav_as_png",
+            UploadLimits(),
+            "sound.png: the name says image ('.png') but the content is audio (WAV)",
+        ),
+        ("audio_mp4", UploadLimits(), "voice.mp4: the name says video ('.mp4') but the content is audio"),
+        ("truncated_mp4", UploadLimits(), "half.mp4: cannot read the video container: InvalidDataError"),
+        ("txt", UploadLimits(), "notes.txt: unsupported file type '.txt'"),
+        ("png", UploadLimits(max_bytes=100), "photo.png: the file is 0.0 MB, above the upload limit of"),
+        (
+            "png",
+            UploadLimits(max_image_pixels=1000),
+            "photo.png: image is 64x48 = 3072 pixels, above the limit",
+        ),
+        (
+            "wav",
+            UploadLimits(max_media_seconds=0.5),
+            "tone.wav: the audio is 1.0 s long, above the limit of 0.5 s",
+        ),
+        (
+            "mp4",
+            UploadLimits(max_media_seconds=1.0),
+            "clip.mp4: the video is 2.0 s long, above the limit of 1 s",
+        ),
+    ],
+)
+def test_check_upload_rejects(media, key, limits, expected):
+    with pytest.raises(InputError) as info:
+        check_upload(media[key], limits)
+    message = str(info.value)
+    assert message.startswith(expected), message
+    assert str(media[key].parent) not in message  # the server-side path is not shown to the user
+
+
+def test_check_upload_uses_the_given_name_and_rejects_empty_files(tmp_path, media):
+    with pytest.raises(InputError, match=r"^holiday\.png: cannot decode image"):
+        check_upload(media["garbage"], name="holiday.png")
+    empty = tmp_path / "empty.wav"
+    empty.touch()
+    with pytest.raises(InputError, match=r"^empty\.wav: the file is empty"):
+        check_upload(empty)
+
+
+def test_sniff_media_signatures(media):
+    assert sniff_media(media["png"].read_bytes()[:64]) == (Modality.IMAGE, "PNG")
+    assert sniff_media(media["wav"].read_bytes()[:64]) == (Modality.AUDIO, "WAV")
+    assert sniff_media(media["mp4"].read_bytes()[:64]) == (None, "container")
+    assert sniff_media(b"\xff\xd8\xff\xe0" + bytes(20)) == (Modality.IMAGE, "JPEG")
+    assert sniff_media(b"RIFF\x00\x00\x00\x00AVI LIST") == (Modality.VIDEO, "AVI")
+    assert sniff_media(b"fLaC\x00\x00") == (Modality.AUDIO, "FLAC")
+    assert sniff_media(b"hello world") == (None, "unknown")
+
+
+# --------------------------------------------------------------------------------------------------
+# sessions and the chat logic, with a stand-in model
+
+
+class FakeModel:
+    """Records ``generate`` calls; answers with text and one image; logs diffusion steps like
+    ``NextGPT.generate(progress=True)``."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def generate(self, inputs, modalities=None, **kwargs) -> GenerationOutput:
+        self.calls.append({"inputs": inputs, "modalities": modalities, **kwargs})
+        if kwargs.get("progress"):
+            for step in (1, 2):
+                logging.getLogger("nextgpt.model").info("%s diffusion step %d/%d", "image", step, 2)
+        n = len(self.calls)
+        return GenerationOutput(text=f"answer {n}", images=[Image.new("RGB", (8, 8), (n, 0, 0))])
+
+
+def test_history_to_messages_keeps_media_and_roles(tmp_path, media):
+    session = ChatSession.create(tmp_path)
+    img, wav = media["png"], Audio(media["wav"])
+    session.exchanges.append(Exchange([img, "what is this?"], "a photo"))
+    session.exchanges.append(Exchange([wav, "and this?"], "a tone"))
+    messages = session.to_messages(["/etc/passwd", Video(media["mp4"])])
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user"]
+    assert messages[0]["content"] == [img, "what is this?"]
+    assert messages[1]["content"] == "a photo"
+    assert messages[2]["content"][0] is wav
+    assert messages[4]["content"][0] == "/etc/passwd"  # text stays text
+    assert isinstance(messages[4]["content"][1], Video)
+    # only the last turns are kept when asked
+    assert [m["content"] for m in session.to_messages(["hi"], max_turns=1)][:2] == [
+        [wav, "and this?"],
+        "a tone",
+    ]
+    assert session.to_messages(["hi"], max_turns=0) == [{"role": "user", "content": ["hi"]}]
+
+
+def test_backend_rejects_bad_upload_without_calling_the_model(tmp_path, media):
+    model = FakeModel()
+    backend = ChatBackend(model, output_dir=tmp_path / "out")
+    session = backend.new_session()
+    warnings: list[str] = []
+    display = backend.respond(session, "look", [media["garbage"]], GenerationSettings(), warn=warnings.append)
+    assert model.calls == []
+    assert display[-1]["role"] == "assistant"
+    assert display[-1]["content"].startswith("Upload rejected: garbage.png: cannot decode image")
+    assert warnings and warnings[0].startswith("Upload rejected: garbage.png")
+    assert session.exchanges == []  # a rejected turn does not enter the model's history
+    # a good file in the same message does not get the bad one through
+    backend.respond(session, "look", [media["png"], media["wav_as_png"]], GenerationSettings())
+    assert model.calls == [] and "sound.png: the name says image" in session.display[-1]["content"]
+    # too many files
+    backend.limits = UploadLimits(max_files=1)
+    backend.respond(session, "x", [media["png"], media["png"]], GenerationSettings())
+    assert model.calls == [] and "at most 1 per message" in session.display[-1]["content"]
+
+
+def test_backend_reads_media_only_from_the_upload_folder(tmp_path, media):
+    model = FakeModel()
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    backend = ChatBackend(model, output_dir=tmp_path / "out", upload_dir=uploads)
+    session = backend.new_session()
+    backend.respond(session, "hi", [media["png"]], GenerationSettings())  # a real file, but not an upload
+    assert model.calls == []
+    assert "photo.png: not an upload of this page" in session.display[-1]["content"]
+    ok = shutil.copyfile(media["png"], uploads / "photo.png")
+    backend.respond(session, str(media["wav"]), [ok], GenerationSettings())
+    (call,) = model.calls
+    (turn,) = call["inputs"]
+    image, text = turn["content"]
+    assert isinstance(image, Path) and image.parent.parent == session.directory  # a copy in the session
+    assert text == str(media["wav"]) and type(text) is str  # a path typed as text is never opened
+
+
+def test_backend_round_trip_history_outputs_and_settings(tmp_path, media):
+    model = FakeModel()
+    backend = ChatBackend(model, output_dir=tmp_path / "out", max_history_turns=8)
+    session = backend.new_session()
+    settings = GenerationSettings(
+        modalities=["text", "image"], seed=3, num_inference_steps=4, guidance_scale=2.5, max_new_tokens=9
+    )
+    reports: list[tuple[float | None, str]] = []
+    display = backend.respond(
+        session, "draw it", [media["png"]], settings, progress=lambda f, d: reports.append((f, d))
+    )
+    call = model.calls[0]
+    assert call["modalities"] == ["text", "image"]
+    assert (call["seed"], call["num_inference_steps"], call["guidance_scale"], call["max_new_tokens"]) == (
+        3,
+        4,
+        2.5,
+        9,
+    )
+    # progress: text first, then the diffusion steps the model logged, then saving
+    descs = [d for _, d in reports]
+    assert descs[0] == "generating text..."
+    assert "decoding image: step 1/2" in descs and "decoding image: step 2/2" in descs
+    assert reports[descs.index("decoding image: step 2/2")][0] == pytest.approx(1.0)
+    assert descs[-1] == "saving outputs..."
+    # the model logger is left as it was (nothing enabled, no filter left behind)
+    model_logger = logging.getLogger("nextgpt.model")
+    assert model_logger.filters == [] and model_logger.level == logging.NOTSET
+
+    # display: the user's image (a file in the session folder), the text, the answer and its image
+    assert display[0] == {"role": "user", "content": {"path": display[0]["content"]["path"]}}
+    assert Path(display[0]["content"]["path"]).is_relative_to(session.directory)
+    assert display[1] == {"role": "user", "content": "draw it"}
+    assert display[2] == {"role": "assistant", "content": "answer 1"}
+    out_image = Path(display[3]["content"]["path"])
+    assert out_image.name == "reply_image0.png" and out_image.is_file()
+    assert out_image.is_relative_to(session.directory)
+
+    # second round: the history (user media + answer text) goes to the model
+    backend.respond(session, "again", [], GenerationSettings())
+    msgs = model.calls[1]["inputs"]
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
+    assert isinstance(msgs[0]["content"][0], Path) and msgs[0]["content"][1] == "draw it"
+    assert msgs[1]["content"] == "answer 1"
+    assert msgs[2]["content"] == ["again"]
+    assert model.calls[1]["modalities"] is None  # nothing ticked: the model decides
+
+    # errors from the library become a chat message, not a crash
+    def broken(*args, **kwargs):
+        raise InputError("text contains the reserved token '<image>'")
+
+    model.generate = broken
+    backend.respond(session, "<image>", [], GenerationSettings())
+    assert session.display[-1]["content"] == "Error: text contains the reserved token '<image>'"
+    assert len(session.exchanges) == 2
+    session.close()
+    assert not session.directory.exists()
+
+
+def test_two_sessions_do_not_share_state(tmp_path):
+    model = FakeModel()
+    backend = ChatBackend(model, output_dir=tmp_path / "out")
+    a, b = backend.new_session(), backend.new_session()
+    assert a.directory != b.directory
+    backend.respond(a, "I am A", [], GenerationSettings())
+    backend.respond(b, "I am B", [], GenerationSettings())
+    backend.respond(a, "who am I?", [], GenerationSettings())
+    texts = [m["content"] for m in model.calls[2]["inputs"]]
+    assert texts == [["I am A"], "answer 1", ["who am I?"]]  # nothing of B's conversation
+    assert [m["content"] for m in b.display] == ["I am B", "answer 2", b.display[2]["content"]]
+    assert len(a.exchanges) == 2 and len(b.exchanges) == 1
+
+
+def test_generation_is_serialised_by_the_model_lock(tmp_path):
+    model = FakeModel()
+    backend = ChatBackend(model, output_dir=tmp_path / "out")
+    session = backend.new_session()
+    reports: list[str] = []
+    backend.lock.acquire()
+    worker = threading.Thread(
+        target=backend.respond,
+        args=(session, "hi", [], GenerationSettings()),
+        kwargs={"progress": lambda f, d: reports.append(d)},
+    )
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not reports and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert model.calls == [] and reports == ["waiting for the model (another session is generating)..."]
+    backend.lock.release()
+    worker.join(10)
+    assert len(model.calls) == 1
+
+
+def test_build_app_without_gradio_says_how_to_install(monkeypatch):
+    from nextgpt.web import build_app
+
+    monkeypatch.setitem(sys.modules, "gradio", None)
+    with pytest.raises(ImportError, match=r"pip install 'nextgpt\[demo\]'"):
+        build_app(FakeModel())
+
+
+def test_only_web_imports_gradio():
+    root = Path(__file__).resolve().parents[1]
+    offenders = [
+        str(p.relative_to(root))
+        for folder in ("nextgpt", "encoders", "projectors", "decoders", "stages")
+        for p in (root / folder).rglob("*.py")
+        if p.name != "web.py" and "import gradio" in p.read_text(encoding="utf-8")
+    ]
+    assert offenders == []
+
+
+# --------------------------------------------------------------------------------------------------
+# end to end in a real browser
+
+
+class CountingModel:
+    """The real model, counting ``generate`` calls."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.calls = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def generate(self, *args, **kwargs):
+        self.calls += 1
+        return self.model.generate(*args, **kwargs)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from nextgpt import NextGPT
+
+    return NextGPT.from_preset("tiny")
+
+
+def test_backend_reports_the_real_models_diffusion_steps(tiny_model, tmp_path, media):
+    backend = ChatBackend(tiny_model, output_dir=tmp_path)
+    session = backend.new_session()
+    reports: list[str] = []
+    settings = GenerationSettings(modalities=["image"], seed=0, num_inference_steps=2, max_new_tokens=4)
+    display = backend.respond(
+        session, "draw", [media["png"]], settings, progress=lambda f, d: reports.append(d)
+    )
+    assert reports == [
+        "generating text...",
+        "decoding image: step 1/2",
+        "decoding image: step 2/2",
+        "saving outputs...",
+    ]
+    assert Path(display[-1]["content"]["path"]).name == "reply_image0.png"
+
+
+@pytest.fixture(scope="module")
+def served_app(tiny_model, tmp_path_factory):
+    """The app on the tiny preset, on 127.0.0.1, stopped at the end."""
+    pytest.importorskip("gradio", reason="gradio is not installed (pip install 'nextgpt[demo]')")
+    from nextgpt.web import build_app
+
+    model = CountingModel(tiny_model)
+    app = build_app(model, output_dir=tmp_path_factory.mktemp("web-out"))
+    port = _free_port()
+    app.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False
+    )
+    try:
+        yield app, f"http://127.0.0.1:{port}/"
+    finally:
+        app.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+    )
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser, served_app, tmp_path):
+    """A fresh browser session; a full-page screenshot is written to ``tmp_path`` if the test fails."""
+    context = browser.new_context(viewport={"width": 1200, "height": 1300})
+    pg = context.new_page()
+    pg.set_default_timeout(WAIT_MS)
+    try:
+        yield pg
+    finally:
+        context.close()
+
+
+@contextlib.contextmanager
+def screenshot_on_failure(page, directory: Path):
+    try:
+        yield
+    except BaseException:
+        shot = directory / "failure.png"
+        with contextlib.suppress(Exception):
+            page.screenshot(path=str(shot), full_page=True)
+            logging.getLogger(__name__).error("screenshot of the page at the failure: %s", shot)
+        raise
+
+
+def _send(page, text: str, files: list[Path], modalities: list[str]) -> None:
+    """Attach ``files`` (images), type ``text``, tick ``modalities`` and press Enter."""
+    page.set_input_files("#message input[type=file]", [str(f) for f in files])
+    for f in files:  # the preview shows the file once the server has it
+        page.locator(f'#message img[src*="gradio_api/file="][src$="/{f.name}"]').wait_for()
+    page.fill("#message textarea", text)
+    for name in modalities:
+        page.locator("#modalities").get_by_label(name, exact=True).check()
+    page.press("#message textarea", "Enter")
+
+
+@pytest.mark.filterwarnings(
+    "ignore:.*(no_silent_downcasting|copy keyword is deprecated)"
+)  # gradio vs pandas 3
+def test_browser_chat_generates_an_image_and_reports_bad_uploads(page, served_app, media, tmp_path):
+    with screenshot_on_failure(page, tmp_path):
+        _browser_chat(page, *served_app, media)
+
+
+def _browser_chat(page, app, url: str, media: dict[str, Path]) -> None:
+    page.goto(url)
+    page.wait_for_selector("#message textarea")
+
+    # (1) image + text in, text + image out: the reply shows an image served by the app
+    _send(page, "Paint this as a watercolour.", [media["png"]], ["text", "image"])
+    reply = page.locator('#chatbot img[src*="reply_image0.png"]')
+    reply.wait_for()
+    assert reply.get_attribute("src").startswith(url)
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#chatbot img[src*=\"reply_image0.png\"]');"
+        " return i && i.complete && i.naturalWidth > 0; }"
+    )
+    assert page.locator("#chatbot").get_by_text("Paint this as a watercolour.").count() >= 1
+    # the uploaded image is shown in the chat, from the session's copy
+    assert page.locator('#chatbot img[src*="upload0_photo.png"]').count() == 1
+
+    backend = app.nextgpt_backend
+    assert backend.model.calls == 1
+
+    # (2) a corrupt file: a visible error, and the model is not called
+    sessions_before = len(list(Path(app.nextgpt_output_dir).iterdir()))
+    _send(page, "What about this one?", [media["garbage"]], [])
+    error = page.locator("#chatbot").get_by_text("Upload rejected: garbage.png: cannot decode image")
+    # (the same message also pops up as a toast)
+    error.wait_for()
+    assert error.is_visible()
+    assert backend.model.calls == 1
+    assert len(list(Path(app.nextgpt_output_dir).iterdir())) == sessions_before  # same session
+
+    # another browser session starts with an empty chat while the model is busy elsewhere
+    other = page.context.browser.new_context().new_page()
+    try:
+        with backend.lock:  # a long generation in some session: page loads must not wait for it
+            t0 = time.perf_counter()
+            other.goto(url)
+            other.wait_for_selector("#message textarea", timeout=45_000)
+            assert (
+                time.perf_counter() - t0 < 45
+            )  # the lock is held throughout: a page load that needed it would never finish
+        assert other.locator('#chatbot img[src*="reply_image0.png"]').count() == 0
+        assert other.locator("#chatbot").get_by_text("Paint this as a watercolour.").count() == 0
+    finally:
+        other.context.close()
+
+
+def test_serve_binds_loopback_and_serves_the_page(tmp_path):
+    pytest.importorskip("gradio", reason="gradio is not installed (pip install 'nextgpt[demo]')")
+    import httpx
+
+    from nextgpt.web import serve
+
+    port = _free_port()
+    app = serve("tiny", port=port, block=False, output_dir=tmp_path, max_upload_mb=1)
+    try:
+        assert app.server_name == "127.0.0.1"
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)
+        assert page.status_code == 200 and "NExT-GPT chat" in page.text
+        assert app.max_file_size == 1024 * 1024  # gradio refuses larger uploads before our checks
+    finally:
+        app.close()
