@@ -132,6 +132,15 @@ class AudioLDMDecoder(Decoder):
     # Conditioning -> audio
     # ------------------------------------------------------------------------------------------
 
+    def prepare_target(self, audio: Any) -> torch.Tensor:
+        """A target sound for :meth:`denoising_loss`: AudioLDM's log-mel ``[1, T, mel bins]``."""
+        from nextgpt.decoders.targets import audio_target
+
+        pipe = self.load()
+        return audio_target(
+            audio, pipe.vocoder.config.model_in_dim, self.audio_length_in_s, pipe.vae_scale_factor
+        )
+
     def generate(
         self,
         cond: torch.Tensor,

@@ -80,6 +80,12 @@ class StableDiffusionDecoder(ClipTextDecoder):
 
         return {"callback_on_step_end": on_step_end}
 
+    def prepare_target(self, image: Any) -> torch.Tensor:
+        """A target image for :meth:`denoising_loss`: ``[3, height, width]`` in ``[-1, 1]``."""
+        from nextgpt.decoders.targets import image_target
+
+        return image_target(image, self.height, self.width)
+
     def generate(
         self,
         cond: torch.Tensor,

@@ -73,6 +73,12 @@ class ZeroscopeDecoder(ClipTextDecoder):
     def tiny_components(self) -> dict[str, Any]:
         return tiny_zeroscope_components(self.cond_tokens, self.cond_dim, seed=self.seed)
 
+    def prepare_target(self, video: Any) -> torch.Tensor:
+        """A target clip for :meth:`denoising_loss`: ``[3, num_frames, height, width]`` in ``[-1, 1]``."""
+        from nextgpt.decoders.targets import video_target
+
+        return video_target(video, self.height, self.width, self.num_frames)
+
     def generate(
         self,
         cond: torch.Tensor,

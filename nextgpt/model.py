@@ -212,6 +212,9 @@ class NextGPT(nn.Module):
         *,
         alignment_weights: dict[Modality, float] | None = None,
         lm_weight: float = 1.0,
+        denoise_media: Sequence[Sequence[torch.Tensor | None]] | None = None,
+        denoise_weight: float = 1.0,
+        generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """The NExT-GPT training losses for one batch.
 
@@ -222,11 +225,15 @@ class NextGPT(nn.Module):
                 (``[Q, C]``, e.g. the caption's CLIP ``last_hidden_state``), or ``None`` for no
                 alignment loss on that run. ``None`` skips alignment altogether (stage 1).
             alignment_weights: per-modality weight (default 1.0; upstream stage 3 uses 2.0 for video).
+            denoise_media: per row and run, the target media prepared by the decoder
+                (``Decoder.prepare_target``) for the conditional latent denoising loss through the
+                frozen UNet (paper), or ``None``; ``denoise_weight`` scales it.
 
         Returns:
             ``loss`` (weighted total), ``lm_loss`` (next-token cross-entropy on labelled positions),
             ``align_loss`` and ``align_<modality>`` (mean over conditioning tokens of the per-token
-            Euclidean distance, REFERENCE.md 1.2) for the modalities present, and ``runs`` (count).
+            Euclidean distance, REFERENCE.md 1.2) for the modalities present, ``denoise_loss`` when
+            denoising targets were given, and ``runs`` (count).
         """
         embeds = self.embed_inputs(input_ids, media_tokens)
         out = self.llm(embeds, attention_mask)
@@ -239,32 +246,45 @@ class NextGPT(nn.Module):
         if targets is not None:
             runs = self.signal_runs(out.hidden, input_ids, embeds)
             weights = alignment_weights or {}
-            per_mod: dict[Modality, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-            for b, (row_runs, row_targets) in enumerate(zip(runs, targets)):
-                if len(row_runs) != len(row_targets):
+            media = denoise_media or [[None] * len(r) for r in runs]
+            # per modality: (states, alignment target or None, denoising target or None) per run
+            per_mod: dict[Modality, list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]] = {}
+            for b, (row_runs, row_targets, row_media) in enumerate(zip(runs, targets, media)):
+                if len(row_runs) != len(row_targets) or len(row_runs) != len(row_media):
                     raise InputError(
                         f"row {b}: {len(row_runs)} signal runs but {len(row_targets)} alignment targets"
                     )
-                for run, target in zip(row_runs, row_targets):
-                    if target is not None:
-                        states, tgts = per_mod.setdefault(run.modality, ([], []))
-                        states.append(run.states)
-                        tgts.append(target)
+                for run, target, med in zip(row_runs, row_targets, row_media):
+                    if target is not None or med is not None:
+                        per_mod.setdefault(run.modality, []).append((run.states, target, med))
             align_total = embeds.new_zeros(())
-            for m, (states, tgts) in per_mod.items():
-                pred = self.project_outputs(m, torch.stack(states))  # (N, Q, C)
-                tgt = torch.stack(tgts).to(pred)  # (N, Q', C)
-                if tgt.ndim == 2:  # (N, C): single-token conditioning (AudioLDM)
-                    tgt = tgt.unsqueeze(1)
-                if tgt.shape != pred.shape:
-                    raise InputError(
-                        f"{m.value} alignment target {tuple(tgt.shape)} != projector output {tuple(pred.shape)}"
-                    )
-                dist = (pred.float() - tgt.float()).pow(2).sum(-1).sqrt().mean()
-                losses[f"align_{m.value}"] = dist
-                align_total = align_total + weights.get(m, 1.0) * dist
+            denoise_terms: list[torch.Tensor] = []
+            for m, entries in per_mod.items():
+                pred = self.project_outputs(m, torch.stack([e[0] for e in entries]))  # (N, Q, C)
+                aligned = [(i, e[1]) for i, e in enumerate(entries) if e[1] is not None]
+                if aligned:
+                    p = pred[[i for i, _ in aligned]]
+                    tgt = torch.stack([t for _, t in aligned]).to(p)  # (N, Q', C)
+                    if tgt.ndim == 2:  # (N, C): single-token conditioning (AudioLDM)
+                        tgt = tgt.unsqueeze(1)
+                    if tgt.shape != p.shape:
+                        raise InputError(
+                            f"{m.value} alignment target {tuple(tgt.shape)} != projector output {tuple(p.shape)}"
+                        )
+                    dist = (p.float() - tgt.float()).pow(2).sum(-1).sqrt().mean()
+                    losses[f"align_{m.value}"] = dist
+                    align_total = align_total + weights.get(m, 1.0) * dist
+                for i, e in enumerate(entries):
+                    if e[2] is not None:
+                        loss = self.decoders[m].denoising_loss(
+                            pred[i : i + 1], media=e[2].unsqueeze(0), generator=generator
+                        )
+                        denoise_terms.append(loss)
             losses["align_loss"] = align_total
             total = total + align_total
+            if denoise_terms:
+                losses["denoise_loss"] = torch.stack(denoise_terms).mean()
+                total = total + denoise_weight * losses["denoise_loss"]
             losses["runs"] = torch.tensor(sum(len(r) for r in runs))
         losses["loss"] = total
         return losses

@@ -49,8 +49,25 @@ class Batch:
     output_modalities: list[list[Modality]]
     output_captions: list[list[str | None]]
     targets: list[list[torch.Tensor | None]] | None = None
+    output_media: list[list[object | None]] = field(default_factory=list)
     skipped: int = 0
     skipped_keys: list[str] = field(default_factory=list)
+
+    def to(self, device: torch.device | str) -> Batch:
+        """Move the tensors (ids, masks, media/features, targets) to ``device``; media objects stay."""
+
+        def move(x):
+            if isinstance(x, torch.Tensor):
+                return x.to(device, non_blocking=True)
+            if isinstance(x, dict):
+                return {k: move(v) for k, v in x.items()}
+            if isinstance(x, list):
+                return [move(v) for v in x]
+            return x
+
+        for name in ("input_ids", "attention_mask", "labels", "media", "features", "targets"):
+            setattr(self, name, move(getattr(self, name)))
+        return self
 
 
 class Collator:
@@ -130,6 +147,7 @@ class Collator:
             output_modalities=[[slot[0].modality for slot in enc.outputs] for _, enc, _, _ in rows],
             output_captions=[list(s.output_captions) for s, *_ in rows],
             targets=targets,
+            output_media=[[slot[0].value for slot in enc.outputs] for _, enc, _, _ in rows],
             skipped=len(skipped_keys),
             skipped_keys=skipped_keys,
         )

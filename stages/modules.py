@@ -100,6 +100,10 @@ class StageModule(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
 
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        # Our Batch holds media objects (frozen dataclasses) Lightning's generic mover cannot copy.
+        return None if batch is None else batch.to(device)
+
     def forward(self, batch) -> dict[str, torch.Tensor]:
         model = self.model
         features = (
@@ -112,6 +116,15 @@ class StageModule(L.LightningModule):
         if self.stage >= 2:
             targets = batch.targets if batch.targets is not None else self._caption_targets(batch)
         training = self.config.training
+        denoise = None
+        if training.denoising_loss and self.stage >= 2:
+            denoise = [
+                [
+                    None if v is None else model.decoders[m].prepare_target(v).to(self.device)
+                    for m, v in zip(mods, vals)
+                ]
+                for mods, vals in zip(batch.output_modalities, batch.output_media)
+            ]
         losses = model.compute_losses(
             batch.input_ids,
             batch.attention_mask,
@@ -120,6 +133,8 @@ class StageModule(L.LightningModule):
             targets,
             alignment_weights={m: training.alignment_weight(m, self.stage) for m in model.output_modalities},
             lm_weight=training.lm_loss_weight,
+            denoise_media=denoise,
+            denoise_weight=training.denoising_loss_weight,
         )
         return losses
 

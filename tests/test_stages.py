@@ -269,3 +269,42 @@ def test_two_process_ddp_on_cpu(demo_data: Path, tmp_path: Path) -> None:
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in res.stdout + res.stderr
     assert len(_losses(tmp_path / "stage1")) == 3
     assert (tmp_path / "stage1" / "model" / "trainable.safetensors").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_denoising_loss_by_config(stage: int, demo_data: Path, tmp_path: Path) -> None:
+    """training.denoising_loss=true adds the latent denoising loss through the frozen UNets."""
+    from nextgpt.stages.train import train
+
+    train(stage, "tiny", demo_data, tmp_path, [*FAST, "training.denoising_loss=true"], max_steps=3)
+    denoise = _losses(tmp_path / f"stage{stage}", "train/denoise_loss")
+    assert denoise and all(v > 0 and v == v for v in denoise)
+
+
+def test_decoder_targets_have_the_decoder_geometry(model: NextGPT) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from nextgpt import Audio, Video
+
+    img = model.decoders[Modality.IMAGE].prepare_target(Image.new("RGB", (50, 40), (255, 0, 0)))
+    assert (
+        img.shape == (3, 32, 32)
+        and img.min() >= -1
+        and img.max() <= 1
+        and float(img[0].mean()) == pytest.approx(1.0)
+    )
+    vid = model.decoders[Modality.VIDEO].prepare_target(Video(np.zeros((9, 20, 30, 3), np.uint8), fps=8))
+    assert vid.shape == (3, 4, 32, 32)
+    tone = np.sin(2 * np.pi * 1000 * np.arange(16000) / 16000).astype(np.float32)
+    mel = model.decoders[Modality.AUDIO].prepare_target(Audio(tone, sample_rate=16000))
+    assert mel.shape[0] == 1 and mel.shape[1] % 2 == 0 and torch.isfinite(mel).all()
+    # a 1 kHz tone puts its energy in the mel band containing 1 kHz (Slaney scale: mel 15 of 0..~44)
+    from nextgpt.decoders.targets import _slaney_mel, mel_filterbank
+
+    bins = mel.shape[2]
+    centre = int(mel[0, 2:-2].mean(0).argmax())
+    edges = np.linspace(0, _slaney_mel(8000.0), bins + 2)
+    assert edges[centre] <= _slaney_mel(1000.0) <= edges[centre + 2]
+    assert mel_filterbank(bins).shape == (bins, 513)
