@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import typing
 from functools import lru_cache
 
 import numpy as np
@@ -59,12 +60,13 @@ _EPS = torch.finfo(torch.float32).eps
 # loading
 
 
-def _decode_with_av(path: os.PathLike) -> tuple[np.ndarray, int]:
-    """Decode the first audio stream of a container with PyAV -> (float32 ``[C, N]``, rate)."""
+def decode_audio_av(source: os.PathLike | str | typing.BinaryIO) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream of a container (a path or a binary file object) with PyAV ->
+    (float32 ``[C, N]``, rate)."""
     import av  # lazy: only needed for container formats
 
     chunks: list[np.ndarray] = []
-    with av.open(os.fspath(path)) as container:
+    with av.open(source if hasattr(source, "read") else os.fspath(source)) as container:
         if not container.streams.audio:
             raise ValueError("the file has no audio stream")
         stream = container.streams.audio[0]
@@ -95,7 +97,7 @@ def _read_file(path: os.PathLike) -> tuple[np.ndarray, int]:
         data, rate = sf.read(os.fspath(path), dtype="float32", always_2d=True)
         return np.ascontiguousarray(data.T), int(rate)
     except Exception:
-        return _decode_with_av(path)
+        return decode_audio_av(path)
 
 
 def load_audio(src: Audio | str | os.PathLike) -> tuple[torch.Tensor, int]:

@@ -57,7 +57,7 @@ def clip_bpe_path() -> Path:
 
 
 @lru_cache(maxsize=1)
-def _byte_to_unicode() -> dict[int, str]:
+def byte_to_unicode() -> dict[int, str]:
     """Map every byte to a printable unicode character (printable latin-1 bytes map to themselves)."""
     keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     mapping = {b: chr(b) for b in keep}
@@ -92,13 +92,13 @@ class ClipTokenizer:
         path = Path(bpe_path) if bpe_path is not None else clip_bpe_path()
         lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
         merges = [tuple(line.split()) for line in lines[1 : _NUM_MERGES + 1]]
-        symbols = list(_byte_to_unicode().values())
+        symbols = list(byte_to_unicode().values())
         vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
         vocab += ["<|startoftext|>", "<|endoftext|>"]
         self.encoder = {tok: i for i, tok in enumerate(vocab)}
         self.decoder = {i: tok for tok, i in self.encoder.items()}
         self.ranks = {m: i for i, m in enumerate(merges)}
-        self.byte_encoder = _byte_to_unicode()
+        self.byte_encoder = byte_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         self.context_length = context_length
         self.sot = self.encoder["<|startoftext|>"]

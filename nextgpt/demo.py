@@ -9,20 +9,11 @@ decoders -> files). Point the 7B presets at real weights for meaningful media.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import time
-from pathlib import Path
 
 from nextgpt import Audio, NextGPT
-
-
-def _package_file(package: str, *parts: str) -> Path | None:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0], *parts)
-    return path if path.is_file() else None
+from nextgpt.resources import package_path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         return out
 
     ask("text -> text", "What is the capital of France?", modalities=["text"], max_new_tokens=24)
-    image = _package_file("skimage", "data", "astronaut.png")
+    image = package_path("skimage", "data", "astronaut.png")
     if image is not None:
         ask(
             "image + text -> text (random encoder: the LLM sees noise tokens)",
@@ -57,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
             modalities=["text"],
             max_new_tokens=24,
         )
-    sound = _package_file("pygame", "examples", "data", "boom.wav")
+    sound = package_path("pygame", "examples", "data", "boom.wav")
     if sound is not None:
         ask(
             "audio + text -> text",

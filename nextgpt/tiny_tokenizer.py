@@ -21,13 +21,9 @@ CHAT_TEMPLATE = (
 
 
 def _byte_symbols() -> list[str]:
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    mapping = {b: chr(b) for b in keep}
-    shift = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + shift)
-            shift += 1
+    from nextgpt.encoders.tokenizer import byte_to_unicode  # CLIP/GPT-2 printable byte symbols
+
+    mapping = byte_to_unicode()
     return [mapping[b] for b in range(256)]
 
 

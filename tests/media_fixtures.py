@@ -8,11 +8,12 @@ change between numpy versions: "noise" is an integer hash of the sample index.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import numpy as np
+
+from nextgpt.resources import package_path
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 #: Synthetic videos written once by the reference script and kept with the tests.
@@ -32,14 +33,8 @@ INDEX_OFFSET = 16
 
 def package_file(package: str, *parts: str) -> Path | None:
     """Path of a data file inside an installed package, without importing the package (or None)."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0], *parts)
-    return path if path.is_file() else None
+    path = package_path(package, *parts)
+    return path if path is not None and path.is_file() else None
 
 
 def skimage_image(name: str) -> Path | None:

@@ -17,7 +17,6 @@ given seed and package versions. Packages are located with ``importlib.util.find
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ import numpy as np
 
 from nextgpt.errors import InputError
 from nextgpt.modality import Modality
+from nextgpt.resources import package_path
 
 from .schema import ConversationRecord, MediaBlob, PairRecord, RecordTurn
 from .shards import encode_image, encode_video, write_samples
@@ -183,14 +183,8 @@ class _Item:
 
 
 def _package_dir(package: str, *parts: str) -> Path | None:
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0], *parts)
-    return path if path.is_dir() else None
+    path = package_path(package, *parts)
+    return path if path is not None and path.is_dir() else None
 
 
 def _images() -> list[_Item]:

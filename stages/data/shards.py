@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from nextgpt.encoders.audio import decode_audio_av
 from nextgpt.errors import InputError
 from nextgpt.media import Audio, Video
 from nextgpt.modality import Modality
@@ -114,7 +115,7 @@ def decode_audio(data: bytes, ext: str = "wav") -> Audio:
     """
     ext = ext.lower().lstrip(".")
     if ext in _AV_AUDIO:
-        wave, rate = _decode_audio_av(data)
+        wave, rate = decode_audio_av(io.BytesIO(data))
     else:
         import soundfile as sf
 
@@ -125,26 +126,6 @@ def decode_audio(data: bytes, ext: str = "wav") -> Audio:
     if not np.isfinite(wave).all():
         raise ValueError("audio contains NaN or infinite samples")
     return Audio(wave, sample_rate=int(rate))
-
-
-def _decode_audio_av(data: bytes) -> tuple[np.ndarray, int]:
-    import av
-
-    chunks = []
-    with av.open(io.BytesIO(data)) as container:
-        if not container.streams.audio:
-            raise ValueError("no audio stream")
-        stream = container.streams.audio[0]
-        rate = int(stream.rate or stream.codec_context.sample_rate or 0)
-        resampler = av.AudioResampler(format="fltp")
-        for frame in container.decode(stream):
-            chunks.extend(out.to_ndarray() for out in resampler.resample(frame))
-        chunks.extend(out.to_ndarray() for out in resampler.resample(None))
-    if rate <= 0:
-        raise ValueError("audio stream has no sample rate")
-    if not chunks:
-        return np.zeros((1, 0), np.float32), rate
-    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), rate
 
 
 def decode_video(data: bytes, *, max_frames: int | None = None, first_frame_only: bool = False) -> Video:
