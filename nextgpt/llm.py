@@ -256,6 +256,31 @@ class LanguageModel(nn.Module):
     def has_lora(self) -> bool:
         return hasattr(self.model, "peft_config")
 
+    def set_lora_merged(self, merged: bool) -> None:
+        """Fold the LoRA deltas into the base weights (inference) or take them out again (training).
+
+        Merged, each adapted projection is one matmul instead of base + A + B (decoding is
+        memory-bound: this removes the adapters' extra reads and kernel launches). ``train()``
+        unmerges automatically, so optimisation always sees separate LoRA parameters.
+        """
+        if not self.has_lora or merged == getattr(self, "_lora_merged", False):
+            return
+        if merged:
+            self.model.merge_adapter()
+        else:
+            self.model.unmerge_adapter()
+        self._lora_merged = merged
+
+    def train(self, mode: bool = True) -> LanguageModel:
+        if mode:
+            self.set_lora_merged(False)
+        return super().train(mode)
+
+    def state_dict(self, *args, **kwargs):
+        # Saved weights are always the unmerged base + separate adapters.
+        self.set_lora_merged(False)
+        return super().state_dict(*args, **kwargs)
+
     def apply_trainable_policy(self) -> None:
         """Set ``requires_grad`` of embedding rows and LoRA weights per the configured policy."""
         full = self.trainable_embeddings == "full"

@@ -326,6 +326,7 @@ class NextGPT(nn.Module):
         """
         allowed, forced, want_text = self._parse_modalities(modalities)
         self.eval()
+        self.llm.set_lora_merged(True)  # inference: one matmul per projection instead of three
         enc = self.processor.encode(parse_inputs(inputs), add_generation_prompt=True)
         ids = enc.input_ids.unsqueeze(0).to(self.device)  # (1, L)
         embeds = self.embed_inputs(ids, self.encode_media(enc.slots))

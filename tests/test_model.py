@@ -271,3 +271,26 @@ def test_processor_templates_render_roles(model: NextGPT, red) -> None:
         assert any(labelled[i : i + 4] == run for i in range(len(labelled))), template
         assert layout.placeholder_ids[Modality.IMAGE] not in labelled, template
         assert len(enc.outputs) == 1 and len(enc.slots) == 1
+
+
+def test_lora_merge_for_generation_keeps_outputs_and_training_unmerges(model: NextGPT, red) -> None:
+    """generate() folds LoRA into the base weights; train() takes it out again; results agree."""
+    trained = NextGPT.from_preset("tiny")
+    with torch.no_grad():  # non-zero adapters, so merging changes the base weights
+        for n, p in trained.llm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    q = trained.llm.model.get_base_model().model.layers[0].self_attn.q_proj
+    before = q.base_layer.weight.detach().clone()
+    trained.llm.set_lora_merged(False)
+    ids = torch.tensor([[1, 50, 60, 70]])
+    with torch.no_grad():
+        unmerged = trained.llm(trained.llm.embed(ids)).logits
+    out = trained.generate([red, "hi"], modalities=["text"], max_new_tokens=3)
+    assert not torch.equal(q.base_layer.weight, before)  # merged while generating
+    with torch.no_grad():
+        merged = trained.llm(trained.llm.embed(ids)).logits
+    torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-4)
+    trained.train()
+    assert torch.allclose(q.base_layer.weight, before, atol=1e-6)  # unmerged for optimisation
+    assert out.token_ids == trained.generate([red, "hi"], modalities=["text"], max_new_tokens=3).token_ids
