@@ -104,6 +104,12 @@ def _media_parts(args) -> list:
 
 
 def cmd_generate(args) -> int:
+    from nextgpt.errors import InputError
+
+    for kind, paths in (("image", args.image), ("audio", args.audio), ("video", args.video)):
+        for path in paths or []:
+            if not Path(path).is_file():  # fail before a (possibly minutes-long) model load
+                raise InputError(f"{kind} file not found: '{path}'")
     model = _load_model(args)
     out = model.generate([*_media_parts(args), args.prompt], **_generate_kwargs(args))
     print(out.text)
@@ -255,7 +261,18 @@ def cmd_train(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="nextgpt", description="Any-to-any multimodal LLMs (NExT-GPT style).")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    # -v/--verbose is accepted after the subcommand too (SUPPRESS keeps the top-level value otherwise)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     sub = ap.add_subparsers(dest="command", required=True)
+    _add_parser = sub.add_parser
+
+    def add_parser(*a, **kw):
+        return _add_parser(*a, parents=[common], **kw)
+
+    sub.add_parser = add_parser
 
     p = sub.add_parser("generate", help="answer one prompt; prints the text and saves media")
     p.add_argument("prompt")
@@ -288,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="training data: convert upstream formats, build the demo set")
     dsub = data.add_subparsers(dest="data_command", required=True)
+    _add_data_parser = dsub.add_parser
+    dsub.add_parser = lambda *a, **kw: _add_data_parser(*a, parents=[common], **kw)
     p = dsub.add_parser("convert", help="convert an upstream JSON format into webdataset shards")
     p.add_argument("format", help="cc3m, webvid, audiocap, t2m, mosit, llava, alpaca")
     p.add_argument("--input", required=True, help="the upstream JSON file")
@@ -332,9 +351,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
     )
     if not args.verbose:  # third-party chatter stays out of the way of the answers
+        import os
         import warnings
 
         warnings.filterwarnings("ignore", category=FutureWarning)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # transformers resets its logger level
         for name in ("transformers", "diffusers", "httpx", "peft"):
             logging.getLogger(name).setLevel(logging.ERROR)
     try:

@@ -537,8 +537,9 @@ class NextGPT(nn.Module):
         """Import the official NExT-GPT ``pytorch_model.pt`` (see :mod:`nextgpt.legacy`)."""
         from nextgpt.legacy import import_legacy_state
 
+        state = read_state_dict(path)  # a missing or unsafe file fails before the model is built
         model = cls.from_preset(preset, overrides, device=device)
-        import_legacy_state(model, read_state_dict(path), what=f"legacy checkpoint '{path}'")
+        import_legacy_state(model, state, what=f"legacy checkpoint '{path}'")
         return model
 
 

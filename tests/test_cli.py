@@ -1,0 +1,285 @@
+"""The ``nextgpt`` command line, driven in-process through ``nextgpt.cli.main`` and as a subprocess
+(``python -m nextgpt.cli``) on the tiny preset: generate, chat, data demo, train, import-legacy, the
+one-line error contract (and ``--verbose`` tracebacks), and every subcommand's ``--help``."""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from media_fixtures import pygame_sound, skimage_image
+from PIL import Image
+
+from nextgpt import NextGPT, NextGPTConfig
+from nextgpt.cli import build_parser, cmd_chat, main
+from nextgpt.errors import InputError
+
+ASTRONAUT = skimage_image("astronaut.png")
+WHIFF = pygame_sound("whiff.wav")
+needs_media = pytest.mark.skipif(
+    ASTRONAUT is None or WHIFF is None, reason="scikit-image / pygame sample media not installed"
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_cli_side_effects(monkeypatch, tmp_path):
+    """``main`` quietens third-party loggers for the process; undo that after each test, and run every
+    test in its own working directory so default output folders never land in the repository."""
+    names = ("transformers", "diffusers", "httpx", "peft")
+    levels = {n: logging.getLogger(n).level for n in names}
+    monkeypatch.chdir(tmp_path)
+    yield
+    for n, level in levels.items():
+        logging.getLogger(n).setLevel(level)
+
+
+def _run_cli(*args: str, stdin: str | None = None, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "nextgpt.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+# ------------------------------------------------------------------ generate
+
+
+@needs_media
+def test_generate_prints_text_and_saves_media(tmp_path, capsys) -> None:
+    def run(out: str, seed: str) -> tuple[int, str]:
+        rc = main(
+            [
+                "generate",
+                "Draw what this astronaut hears.",
+                "--image",
+                str(ASTRONAUT),
+                "--audio",
+                str(WHIFF),
+                "--preset",
+                "tiny",
+                "--modalities",
+                "text,image",
+                "--seed",
+                seed,
+                "--max-new-tokens",
+                "4",
+                "--out",
+                str(tmp_path / out),
+            ]
+        )
+        return rc, capsys.readouterr().out
+
+    rc, stdout = run("a", "0")
+    assert rc == 0
+    image = tmp_path / "a" / "output_image0.png"
+    assert f"saved {image}" in stdout.splitlines()
+    assert Image.open(image).size == (32, 32)  # the tiny Stable Diffusion decoder's size
+    # exactly the requested outputs: text (when the tiny LLM wrote any) and one image
+    assert {p.name for p in (tmp_path / "a").iterdir()} <= {"output.txt", "output_image0.png"}
+    text = tmp_path / "a" / "output.txt"
+    if text.exists():  # the printed answer is what was saved
+        assert stdout.startswith(text.read_text(encoding="utf-8").rstrip("\n"))
+
+    # --seed reaches the decoders: same seed, same picture; another seed, another picture
+    assert run("b", "0")[0] == 0 and run("c", "1")[0] == 0
+    assert (tmp_path / "b" / "output_image0.png").read_bytes() == image.read_bytes()
+    assert (tmp_path / "c" / "output_image0.png").read_bytes() != image.read_bytes()
+
+
+def test_missing_input_file_is_one_error_line(tmp_path, capsys) -> None:
+    missing = tmp_path / "no-such-picture.png"
+    rc = main(["generate", "hi", "--preset", "tiny", "--image", str(missing), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert _error_lines(err) == [f"error: image file not found: '{missing}'"]
+    assert "Traceback" not in err
+    # --verbose re-raises the typed error (the interpreter then prints the traceback)
+    with pytest.raises(InputError, match="no-such-picture.png"):
+        main(["--verbose", "generate", "hi", "--preset", "tiny", "--image", str(missing)])
+
+
+def test_verbose_shows_the_traceback_in_a_subprocess(tmp_path) -> None:
+    missing = tmp_path / "gone.wav"
+    res = _run_cli("-v", "generate", "hi", "--preset", "tiny", "--audio", str(missing), cwd=tmp_path)
+    assert res.returncode != 0
+    assert "Traceback (most recent call last)" in res.stderr
+    assert f"nextgpt.errors.InputError: audio file not found: '{missing}'" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "hi", "--model", "{empty}"], "is not a saved nextgpt model"),
+        (["generate", "hi", "--model", "{empty}", "--override", "a=b"], "--override applies to presets"),
+        (["generate", "hi", "--preset", "nosuch"], "unknown preset 'nosuch'; valid presets:"),
+        (["generate", "hi", "--preset", "tiny", "--override", "model.llm.lora.r=abc"], "expected an integer"),
+        (
+            ["import-legacy", "{empty}/pytorch_model.pt", "--out", "{empty}/x", "--preset", "tiny"],
+            "not found",
+        ),
+        # a preset that needs the user's weights: the message names the environment variable
+        (["generate", "hi", "--preset", "nextgpt-7b-legacy"], "NEXTGPT_IMAGEBIND_CKPT is not set"),
+        (["data", "convert", "cc3m", "--input", "{empty}/cc3m.json", "--out", "{empty}/x"], "not found"),
+    ],
+)
+def test_failures_are_one_error_line(argv, message, tmp_path, capsys, monkeypatch) -> None:
+    for name in ("NEXTGPT_IMAGEBIND_CKPT", "NEXTGPT_VICUNA_7B_V0", "NEXTGPT_SD15", "NEXTGPT_AUDIOLDM"):
+        monkeypatch.delenv(name, raising=False)  # never start loading real weights here
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc = main([a.replace("{empty}", str(empty)) for a in argv])
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = _error_lines(err)
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------ chat
+
+
+@needs_media
+def test_chat_attach_ask_switch_outputs_save_quit(tmp_path, capsys) -> None:
+    args = build_parser().parse_args(["chat", "--preset", "tiny", "--max-new-tokens", "4", "--seed", "0"])
+    save_dir = tmp_path / "saved"
+    script = "\n".join(
+        [
+            "/save " + str(save_dir),  # nothing yet
+            "/audio " + str(tmp_path / "nope.wav"),  # a missing file is refused, the chat goes on
+            "/image " + str(ASTRONAUT),
+            "What is in this picture?",
+            "/modalities text,image",
+            "Now draw it.",
+            "/save " + str(save_dir),
+            "/quit",
+            "/reset",  # after /quit: never read
+        ]
+    )
+    assert cmd_chat(args, stdin=io.StringIO(script + "\n")) == 0
+    out = capsys.readouterr().out
+    assert "nothing to save yet" in out
+    assert f"error: no such file: {tmp_path / 'nope.wav'}" in out
+    assert "attached astronaut.png" in out
+    assert "outputs: ['text', 'image']" in out
+    assert "[1 image(s), 0 audio, 0 video(s); /save DIR to write them]" in out
+    image = save_dir / "output_image0.png"
+    assert f"saved {image}" in out
+    assert Image.open(image).size == (32, 32)
+    assert "history cleared" not in out  # /quit stopped the loop
+
+
+def test_chat_reads_stdin_in_a_subprocess(tmp_path) -> None:
+    script = "/modalities image\nDraw a cat.\n/save out\n/reset\n"  # ends at EOF, without /quit
+    res = _run_cli(
+        "chat", "--preset", "tiny", "--max-new-tokens", "2", "--seed", "0", stdin=script, cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr
+    assert "nextgpt chat (tiny)" in res.stdout
+    assert "outputs: ['image']" in res.stdout
+    assert "history cleared" in res.stdout
+    assert (tmp_path / "out" / "output_image0.png").is_file()
+    assert not (tmp_path / "out" / "output.txt").exists()  # text was not asked for
+    assert "Traceback" not in res.stderr
+
+
+# ------------------------------------------------------------------ data, train, import-legacy
+
+
+def test_data_demo_then_train_stage1(tmp_path, capsys) -> None:
+    data = tmp_path / "demo"
+    assert main(["data", "demo", "--out", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert f"pairs: 3 shard(s) in {data / 'pairs'}" in out
+    assert f"conversations: 2 shard(s) in {data / 'conversations'}" in out
+    assert (data / "manifest.json").is_file()
+
+    run = tmp_path / "run"
+    argv = ["train", "--stage", "1", "--preset", "tiny", "--data", str(data), "--out", str(run)]
+    argv += ["--override", "training.max_steps=2", "--override", "training.num_workers=0"]
+    assert main(argv) == 0
+    model_dir = run / "stage1" / "model"
+    assert f"stage 1 finished: model saved in {model_dir}" in capsys.readouterr().out
+    assert (run / "stage1" / "checkpoints" / "last.ckpt").is_file()
+    trained = NextGPT.from_pretrained(model_dir)
+    fresh = NextGPT.from_preset("tiny")
+    assert trained.config.training.stage == 1 and trained.config.training.max_steps == 2
+    # stage 1 trains the input projector: its saved weights moved away from the seeded init
+    a, b = trained.trainable_state_dict(), fresh.trainable_state_dict()
+    moved = [k for k in a if k.startswith("input_projector.") and not torch.equal(a[k], b[k])]
+    assert moved
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("output_projectors."))
+
+
+def test_import_legacy_writes_a_loadable_model(tmp_path, capsys) -> None:
+    from test_legacy import LEGACY_OVERRIDES, synthetic_legacy_state
+
+    cfg = NextGPTConfig.from_preset("tiny").with_overrides(LEGACY_OVERRIDES)
+    state = synthetic_legacy_state(cfg)
+    ckpt = tmp_path / "pytorch_model.pt"
+    torch.save(state, ckpt)
+    out = tmp_path / "imported"
+    argv = ["import-legacy", str(ckpt), "--out", str(out), "--preset", "tiny"]
+    for o in LEGACY_OVERRIDES:
+        argv += ["--override", o]
+    assert main(argv) == 0
+    assert f"imported {ckpt} -> {out}" in capsys.readouterr().out
+    model = NextGPT.from_pretrained(out)
+    assert model.config.model.llm.template == "vicuna_v0"
+    weights = model.trainable_state_dict()
+    torch.testing.assert_close(weights["input_projector.proj.weight"], state["llama_proj.weight"].float())
+    torch.testing.assert_close(
+        weights["output_projectors.audio.query_embs"], state["gen_text_hidden_fcs_audio.0.query_embs"].float()
+    )
+
+
+# ------------------------------------------------------------------ help
+
+
+HELP = {
+    (): ["generate", "chat", "import-legacy", "serve", "data", "cache", "train", "--verbose"],
+    ("generate",): ["prompt", "--image", "--audio", "--video", "--out", "--preset", "--model", "--override"]
+    + ["--modalities", "--seed", "--max-new-tokens", "--steps", "--guidance", "--device"],
+    ("chat",): ["--preset", "--model", "--override", "--modalities", "--seed", "--max-new-tokens"],
+    ("import-legacy",): ["checkpoint", "--out", "--preset", "--override"],
+    ("serve",): ["--preset", "--model", "--host", "--port"],
+    ("data",): ["convert", "demo"],
+    ("data", "convert"): ["format", "--input", "--media-dir", "--out", "--max-per-shard"],
+    ("data", "demo"): ["--out", "--seed"],
+    ("cache",): ["encoder", "captions", "--data", "--out", "--stage", "--preset", "--override"],
+    ("train",): ["--stage", "--preset", "--data", "--out", "--init-from", "--no-resume", "--override"],
+}
+
+
+@pytest.mark.parametrize("command", list(HELP), ids=lambda c: " ".join(c) or "nextgpt")
+def test_help_exits_zero_and_lists_options(command, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: nextgpt {' '.join(command)}".rstrip())
+    missing = [opt for opt in HELP[command] if opt not in text]
+    assert not missing, f"help of {command} lacks {missing}"
+
+
+def test_console_script_help_in_a_subprocess(tmp_path) -> None:
+    res = _run_cli("--help", cwd=tmp_path)
+    assert res.returncode == 0 and "import-legacy" in res.stdout
+
+
+def test_no_command_is_a_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([])
+    assert exit_.value.code == 2
+    assert "the following arguments are required: command" in capsys.readouterr().err
