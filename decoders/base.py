@@ -206,7 +206,8 @@ class Decoder(abc.ABC):
     def describe(self) -> str:
         """One line saying which weights this decoder runs (random tiny components are labelled)."""
         if self.is_tiny:
-            source = f"RANDOM tiny components (no weights, seed {self.seed})"
+            label = getattr(self, "_random_label", None) or "tiny"
+            source = f"RANDOM {label} components (no weights, seed {self.seed})"
         else:
             try:
                 resolved = self.resolved_path()
@@ -295,8 +296,18 @@ class Decoder(abc.ABC):
     def tiny_components(self) -> dict[str, Any]:
         """Random tiny components (``path=None``), deterministic in ``seed`` and the conditioning shape."""
 
+    def use_random_components(self, factory: Callable[[], dict[str, Any]], label: str) -> None:
+        """Build the pipeline from ``factory()`` instead of the tiny components (``path=None`` only):
+        random weights of other shapes, e.g. the real model's for speed and memory benchmarks.
+        ``label`` replaces "tiny" in :meth:`describe`."""
+        if not self.is_tiny:
+            raise ConfigError(f"{self.kind} decoder: random components replace only path=None decoders")
+        self.unload()
+        self._random_factory, self._random_label = factory, label
+
     def _build_tiny(self) -> Any:
-        pipe = self.pipeline_class()(**self.tiny_components())
+        factory = getattr(self, "_random_factory", None) or self.tiny_components
+        pipe = self.pipeline_class()(**factory())
         if self.dtype != torch.float32:
             pipe.to(dtype=self.dtype)
         return pipe

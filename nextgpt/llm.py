@@ -74,7 +74,7 @@ def _load_hf(cfg: LLMConfig, seed: int):
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = LlamaForCausalLM(hf_cfg)
+            model = LlamaForCausalLM._from_config(hf_cfg, dtype=dtype)  # built in the target dtype
         logger.warning(
             "LLM: RANDOM weights (model.llm.path is null): %d layers, hidden %d, seed %d",
             cfg.num_layers,
@@ -186,7 +186,9 @@ class LanguageModel(nn.Module):
         def init_rows(base: torch.Tensor) -> torch.Tensor:
             # Mean of the existing rows plus small noise (per-dim std / 10): in-distribution, distinct rows.
             w = base.detach().float()
-            noise = torch.randn(n_new, w.shape[1], generator=gen) * w.std(dim=0, keepdim=True) * 0.1
+            noise = (
+                torch.randn(n_new, w.shape[1], generator=gen).to(w.device) * w.std(dim=0, keepdim=True) * 0.1
+            )
             return (w.mean(dim=0, keepdim=True) + noise).to(base.dtype)
 
         self.new_embeddings = nn.Parameter(init_rows(base_in))

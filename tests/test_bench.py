@@ -1,0 +1,231 @@
+"""The real-scale benchmarks (``bench/``): formulas, device tables, and a smoke run of every script.
+
+The smoke runs call each script's ``main([...])`` at ``--size smoke`` on the CPU and check the JSON it
+writes: the expected keys, positive finite measurements, and the relations that must hold whatever
+the machine (cached stage-1 steps skip the encoder, the 6NT convention over-counts a LoRA step, lazy
+decoders are unloaded at the end, ...).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ["--size", "smoke", "--device", "cpu", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """``import bench.<name>`` with the repository root importable (bench/ is not installed)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return lambda name: importlib.import_module(f"bench.{name}")
+
+
+def positive_finite(mapping: dict, keys) -> None:
+    for key in keys:
+        value = mapping[key]
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), (key, value)
+        assert math.isfinite(value) and value > 0, (key, value)
+
+
+def run_script(bench, name: str, tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / f"{name}.json"
+    returned = bench(name).main([*SMOKE, *extra, "--json", str(out)])
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == name and data["size"] == "smoke"
+    assert returned["results"] == data["results"]
+    for key in ("date", "torch", "transformers", "diffusers", "device_name"):
+        assert data["env"][key]
+    return data
+
+
+# ------------------------------------------------------------------------------------------- formulas
+
+
+def test_llama_7b_matmul_parameters(bench):
+    common = bench("common")
+    # Vicuna-7B: 32 x (4 x 4096^2 + 3 x 4096 x 11008) + 32000 x 4096 (LM head); embeddings excluded.
+    assert common.llama_matmul_params(4096, 32, 32, 32, 11008, 32000) == 6_607_077_376
+    # Grouped-query attention shrinks k and v only.
+    assert common.llama_matmul_params(64, 1, 4, 2, 128, 10) == 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 640
+
+
+def test_llm_matmul_params_of_a_built_model(bench):
+    common = bench("common")
+    device = torch.device("cpu")
+    model = common.build_model("smoke", device, common.resolve_dtypes("auto", device))
+    frozen, lora = common.llm_matmul_params(model.llm)
+    d = common.SIZE_SPECS["smoke"].llm
+    assert frozen == common.llama_matmul_params(d.hidden, d.layers, d.heads, d.kv_heads, d.ffn, d.vocab)
+    # LoRA on q, k, v, o (each d -> d): A [r, d] + B [d, r] per projection.
+    assert lora == d.layers * 4 * 2 * d.lora_r * d.hidden
+
+
+def test_train_step_flops(bench):
+    common = bench("common")
+    f = common.train_step_flops(
+        frozen=1000, trainable=10, layers=2, hidden=8, batch=3, seq=5, recompute=False
+    )
+    T = 15
+    attention = 12 * 2 * 8 * 5 * T
+    assert f["tokens"] == T
+    assert f["model"] == 4 * 1000 * T + 6 * 10 * T + attention
+    assert f["six_n"] - f["model"] == 2 * 1000 * T  # no weight gradients for frozen weights
+    assert f["hardware"] == f["model"]
+    g = common.train_step_flops(frozen=1000, trainable=10, layers=2, hidden=8, batch=3, seq=5, recompute=True)
+    assert g["hardware"] - g["model"] == 2 * 1010 * T + attention / 3  # one more forward
+
+
+def test_device_tables(bench):
+    common = bench("common")
+    assert common.lookup(common.BF16_PEAK_FLOPS, "NVIDIA H100 80GB HBM3")[0] == 989e12
+    assert common.lookup(common.BF16_PEAK_FLOPS, "NVIDIA H100 PCIe")[0] == 756e12
+    assert common.lookup(common.BF16_PEAK_FLOPS, "NVIDIA H200")[0] == 989e12
+    assert common.lookup(common.BF16_PEAK_FLOPS, "NVIDIA A100-SXM4-80GB")[0] == 312e12
+    assert common.lookup(common.HBM_BANDWIDTH, "NVIDIA H100 80GB HBM3")[0] == 3.35e12
+    assert common.lookup(common.HBM_BANDWIDTH, "NVIDIA H200")[0] == 4.8e12
+    assert common.lookup(common.HBM_BANDWIDTH, "NVIDIA A100-SXM4-80GB")[0] == 2.0e12
+    assert common.lookup(common.HBM_BANDWIDTH, "NVIDIA A100-SXM4-40GB")[0] == 1.555e12
+    assert common.lookup(common.BF16_PEAK_FLOPS, "Tesla T4") is None
+
+
+def test_full_size_overrides_are_the_preset_shapes(bench):
+    common = bench("common")
+    cfg = common.build_config("full", common.Dtypes("bfloat16", "float16", "bfloat16"))
+    llm = cfg.model.llm
+    assert (llm.hidden_size, llm.num_layers, llm.num_heads, llm.intermediate_size, llm.vocab_size) == (
+        4096,
+        32,
+        32,
+        11008,
+        32000,
+    )
+    assert llm.path is None and cfg.model.encoder.checkpoint is None
+    assert (llm.lora.r, llm.lora.alpha, llm.dtype) == (32, 32, "bfloat16")
+    assert cfg.model.encoder.vision.embed_dim == 1280 and cfg.model.encoder.vision.num_blocks == 32
+    assert cfg.model.input_projector.tokens_per_item == 8
+    image, video = cfg.model.outputs["image"].decoder, cfg.model.outputs["video"].decoder
+    assert (image.cond_tokens, image.cond_dim, image.height, image.num_inference_steps) == (77, 768, 512, 50)
+    assert (video.cond_dim, video.num_frames, video.height, video.width) == (1024, 24, 320, 576)
+    assert cfg.model.outputs["audio"].decoder.audio_length_in_s == 5.0
+    assert all(cfg.model.outputs[m].decoder.path is None for m in ("image", "audio", "video"))
+
+
+def test_full_size_component_shapes(bench):
+    """The real-shaped diffusers components (built on the meta device: no memory) have the
+    published parameter counts: SD 1.5 UNet 859.5M, Zeroscope UNet 1.41B, AudioLDM-L UNet 739M."""
+    common = bench("common")
+    meta = torch.device("meta")
+    sd = common.stable_diffusion_components(common.SD15, 77, 768, device=meta, dtype=torch.float32)
+    assert common.count_parameters(sd["unet"]) == 859_520_964
+    assert common.count_parameters(sd["vae"]) == 83_653_863
+    assert common.count_parameters(sd["text_encoder"]) == 123_060_480
+    video = common.zeroscope_components(common.ZEROSCOPE_V2_576W, 77, 1024, device=meta, dtype=torch.float32)
+    assert round(common.count_parameters(video["unet"]) / 1e6) == 1411
+    assert round(common.count_parameters(video["text_encoder"]) / 1e6) == 340
+    audio = common.audioldm_components(
+        common.AUDIOLDM_L_FULL, 512, sample_rate=16000, device=meta, dtype=torch.float32
+    )
+    assert round(common.count_parameters(audio["unet"]) / 1e6) == 739  # the model card's AudioLDM-L size
+
+
+# ------------------------------------------------------------------------------------------ smoke runs
+
+
+@pytest.mark.slow
+def test_train_step_smoke(bench, tmp_path):
+    data = run_script(bench, "train_step", tmp_path)
+    (row,) = data["results"]
+    positive_finite(row, ["step_s", "tokens_per_s", "achieved_tflops", "mfu", "mfu_6nt", "hfu"])
+    positive_finite(data["summary"], ["tokens_per_s", "mfu", "step_s", "peak_tflops"])
+    assert row["tokens"] == row["batch"] * row["seq_len"]
+    assert row["mfu"] < row["mfu_6nt"]  # frozen weights get no weight gradient
+    assert math.isfinite(row["loss"])
+    assert (
+        data["config"]["llm_lora_params"] > 0
+        and data["config"]["trainable_params"] > data["config"]["llm_lora_params"]
+    )
+
+
+@pytest.mark.slow
+def test_stage1_cache_smoke(bench, tmp_path):
+    data = run_script(bench, "stage1_cache", tmp_path)
+    assert [r["modality"] for r in data["results"]] == ["image", "audio", "video"]
+    for row in data["results"]:
+        positive_finite(
+            row,
+            [
+                "online_step_s",
+                "cached_step_s",
+                "online_samples_per_s",
+                "cached_samples_per_s",
+                "speedup",
+                "encoder_s",
+            ],
+        )
+    video = data["results"][2]
+    assert video["media_shape"] == [15, 3, 2, 224, 224]
+    assert len(video["feature_shape"]) == 2  # patch tokens [N, D] for the grouping projector
+    positive_finite(data["summary"], ["speedup_image", "speedup_audio", "speedup_video"])
+
+
+@pytest.mark.slow
+def test_decode_smoke(bench, tmp_path):
+    data = run_script(bench, "decode", tmp_path)
+    assert [r["decoder"] for r in data["results"]] == ["nextgpt.generate", "transformers.generate"]
+    for row in data["results"]:
+        positive_finite(
+            row,
+            [
+                "total_s",
+                "tokens_per_s",
+                "step_ms",
+                "decode_tokens_per_s",
+                "bound_tokens_per_s",
+                "fraction_of_bound",
+            ],
+        )
+        assert row["new_tokens"] == 8
+    positive_finite(
+        data["summary"], ["decode_tokens_per_s", "fraction_of_bound", "bandwidth_gbs", "weight_gib"]
+    )
+    assert "measured" in data["config"]["bandwidth_source"]  # CPU: measured, and labelled so
+
+
+@pytest.mark.slow
+def test_generate_latency_smoke(bench, tmp_path):
+    data = run_script(bench, "generate_latency", tmp_path)
+    assert [r["output"] for r in data["results"]] == ["text+image", "text+audio", "text+video"]
+    for row in data["results"]:
+        positive_finite(row, ["total_s", "llm_s", "projector_s", "diffusion_s", "first_call_s"])
+        assert row["llm_s"] + row["projector_s"] + row["diffusion_s"] <= row["total_s"] * 1.001
+    signal = {"text+image": 4, "text+audio": 8, "text+video": 24}
+    for row in data["results"]:
+        assert row["llm_tokens"] == 4 + signal[row["output"]]  # K text tokens + the appended run
+    assert data["results"][2]["media"] == "4x32x32"
+
+
+@pytest.mark.slow
+def test_memory_smoke(bench, tmp_path):
+    data = run_script(bench, "memory", tmp_path)
+    rows = {r["mode"]: r for r in data["results"]}
+    assert set(rows) == {"resident", "lazy"}  # offload needs CUDA
+    for row in rows.values():
+        positive_finite(row, ["baseline_gib", "peak_gib", "scenario_s"])
+        assert row["peak_gib"] >= row["baseline_gib"]
+        assert "stand-in" in row["metric"]
+    assert rows["resident"]["decoders_loaded_at_end"] == 3
+    assert rows["lazy"]["decoders_loaded_at_end"] == 0
+    # Resident keeps all three pipelines; lazy only ever holds one.
+    resident, lazy = rows["resident"]["decoder_weights_gib"], rows["lazy"]["decoder_weights_gib"]
+    assert resident == lazy and set(resident) == {"image", "audio", "video"}
+    assert rows["resident"]["decoder_weights_on_device_gib"] == pytest.approx(sum(resident.values()))
+    assert rows["lazy"]["decoder_weights_on_device_gib"] == pytest.approx(max(lazy.values()))
