@@ -1139,32 +1139,8 @@ def synthetic_batch(
 
 
 def batch_to(batch, device: torch.device):
-    """The batch with every tensor on ``device`` (what Lightning's batch transfer does)."""
-    import dataclasses
-
-    def move(x):
-        if isinstance(x, torch.Tensor):
-            return x.to(device, non_blocking=True)
-        if isinstance(x, dict):
-            return {k: move(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [move(v) for v in x]
-        return x
-
-    return dataclasses.replace(
-        batch,
-        input_ids=move(batch.input_ids),
-        attention_mask=move(batch.attention_mask),
-        labels=move(batch.labels),
-        media=move(batch.media),
-        features=move(batch.features),
-        targets=move(batch.targets),
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI and output
-# --------------------------------------------------------------------------------------------------
+    """The batch with every tensor on ``device`` (what the stage module's batch transfer does)."""
+    return batch.to(device)
 
 
 def base_parser(doc: str) -> argparse.ArgumentParser:

@@ -31,7 +31,7 @@ TRUNK_OF = {
     Modality.AUDIO: "audio",
     Modality.TEXT: "text",
 }
-_PREPROCESS = {
+PREPROCESS = {
     Modality.IMAGE: preprocess_image,
     Modality.AUDIO: preprocess_audio,
     Modality.VIDEO: preprocess_video,
@@ -79,15 +79,21 @@ class ImageBindEncoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @staticmethod
+    def preprocess_item(modality: Modality | str, item: object) -> torch.Tensor:
+        """One media item -> its encoder input (image ``[3, 224, 224]``, audio ``[3, 1, 128, 204]``,
+        video ``[15, 3, 2, 224, 224]``), float32 on the CPU."""
+        modality = Modality.parse(modality)
+        if modality not in PREPROCESS:
+            raise InputError(f"cannot preprocess {modality.value} media; valid: image, audio, video")
+        return PREPROCESS[modality](item)
+
     def preprocess(self, modality: Modality | str, items: Sequence[object]) -> torch.Tensor:
         """Batch of model inputs for ``items`` (image ``[B, 3, 224, 224]``, audio ``[B, 3, 1, 128, 204]``,
         video ``[B, 15, 3, 2, 224, 224]``), float32 on the CPU."""
-        modality = Modality.parse(modality)
-        if modality not in _PREPROCESS:
-            raise InputError(f"cannot preprocess {modality.value} media; valid: image, audio, video")
         if not items:
-            raise InputError(f"no {modality.value} items to encode")
-        return torch.stack([_PREPROCESS[modality](item) for item in items])
+            raise InputError(f"no {Modality.parse(modality).value} items to encode")
+        return torch.stack([self.preprocess_item(modality, item) for item in items])
 
     def forward(
         self, modality: Modality | str, batch: torch.Tensor, *, return_tokens: bool = False

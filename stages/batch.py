@@ -9,6 +9,7 @@ it never stops the run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -54,7 +55,8 @@ class Batch:
     skipped_keys: list[str] = field(default_factory=list)
 
     def to(self, device: torch.device | str) -> Batch:
-        """Move the tensors (ids, masks, media/features, targets) to ``device``; media objects stay."""
+        """A copy with the tensors (ids, masks, media/features, targets) on ``device``; media objects
+        (output media, captions) are shared."""
 
         def move(x):
             if isinstance(x, torch.Tensor):
@@ -65,9 +67,8 @@ class Batch:
                 return [move(v) for v in x]
             return x
 
-        for name in ("input_ids", "attention_mask", "labels", "media", "features", "targets"):
-            setattr(self, name, move(getattr(self, name)))
-        return self
+        names = ("input_ids", "attention_mask", "labels", "media", "features", "targets")
+        return dataclasses.replace(self, **{name: move(getattr(self, name)) for name in names})
 
 
 class Collator:
@@ -91,7 +92,7 @@ class Collator:
         self.caption_cache = caption_cache
 
     def _prepare(self, sample):
-        from nextgpt.encoders.encoder import _PREPROCESS
+        from nextgpt.encoders.encoder import ImageBindEncoder
 
         enc = self.processor.encode(sample.turns, add_generation_prompt=False)
         if enc.input_ids.numel() > self.max_length:
@@ -104,7 +105,9 @@ class Collator:
                 if self.feature_cache is not None:
                     items.append((item.modality, self.feature_cache.get(sample.key, len(items)), s))
                 else:
-                    items.append((item.modality, _PREPROCESS[item.modality](item.value), s))
+                    items.append(
+                        (item.modality, ImageBindEncoder.preprocess_item(item.modality, item.value), s)
+                    )
         targets = None
         if self.caption_cache is not None:
             targets = [self.caption_cache.get(sample.key, i) for i in range(len(enc.outputs))]

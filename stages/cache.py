@@ -125,11 +125,13 @@ def _compute(
     model, what: str, m: Modality, jobs: list[tuple[str, object]], out: dict[str, torch.Tensor]
 ) -> None:
     """Features for one modality's pending items, stored fp16 under their cache keys."""
-    from nextgpt.encoders.encoder import _PREPROCESS
+    from nextgpt.encoders.encoder import ImageBindEncoder
 
     with torch.no_grad():
         if what == "encoder":
-            feats = model.media_features(m, torch.stack([_PREPROCESS[m](value) for _, value in jobs]))
+            feats = model.media_features(
+                m, torch.stack([ImageBindEncoder.preprocess_item(m, value) for _, value in jobs])
+            )
         else:
             feats = model.decoders[m].encode_captions([value for _, value in jobs])
     for (key, _), f in zip(jobs, feats):
