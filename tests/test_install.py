@@ -9,6 +9,7 @@ and reports where each came from.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import venv
@@ -58,6 +59,10 @@ def _probe(python: Path, cwd: Path) -> dict:
 @pytest.mark.slow
 def test_wheel_install_imports_every_subpackage(tmp_path: Path) -> None:
     wheel_dir = tmp_path / "wheels"
+    # Build from a copy: setuptools leaves build/ behind, and a stale build/lib would leak deleted files.
+    src = tmp_path / "src"
+    skip = shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", "runs", "outputs", "data")
+    shutil.copytree(ROOT, src, ignore=skip)
     subprocess.run(
         [
             sys.executable,
@@ -68,7 +73,7 @@ def test_wheel_install_imports_every_subpackage(tmp_path: Path) -> None:
             "--no-build-isolation",
             "-w",
             str(wheel_dir),
-            str(ROOT),
+            str(src),
         ],
         check=True,
         capture_output=True,
