@@ -61,7 +61,12 @@ def test_wheel_install_imports_every_subpackage(tmp_path: Path) -> None:
     wheel_dir = tmp_path / "wheels"
     # Build from a copy: setuptools leaves build/ behind, and a stale build/lib would leak deleted files.
     src = tmp_path / "src"
-    skip = shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", "runs", "outputs", "data")
+    generated = {".git", "build", "runs", "outputs", "data"}  # top-level only (stages/data is source)
+
+    def skip(folder: str, names: list[str]) -> set[str]:
+        top = Path(folder) == ROOT
+        return {n for n in names if (top and n in generated) or n == "__pycache__" or n.endswith(".egg-info")}
+
     shutil.copytree(ROOT, src, ignore=skip)
     subprocess.run(
         [
