@@ -181,6 +181,12 @@ def test_chat_messages_and_audio_input(model: NextGPT, tmp_path) -> None:
     ]
     out = model.generate(msgs, modalities=["text"], max_new_tokens=3, seed=0)
     assert isinstance(out.text, str) and len(out.token_ids) <= 3
+    # the whole history is in the prompt: the audio slot of turn 1, the assistant's answer, turn 2
+    enc = model.processor.encode(parse_inputs(msgs))
+    ph = model.llm.layout.placeholder_ids[Modality.AUDIO]
+    assert int((enc.input_ids == ph).sum()) == model.input_projector.num_tokens
+    text = model.llm.tokenizer.decode(enc.input_ids.tolist())
+    assert text.index("what is this?") < text.index("a tone") < text.index("and now?")
 
 
 def test_output_save_writes_every_file(model: NextGPT, tmp_path) -> None:
