@@ -161,13 +161,34 @@ def _clip_text_encoder(tokenizer: Any, cond_tokens: int, cond_dim: int) -> Any:
     return CLIPTextModel(config)
 
 
+def _image_vae_and_clip_text(seed: int, cond_tokens: int, cond_dim: int) -> tuple[Any, Any, Any]:
+    """The RGB VAE (2 blocks, scale factor 2) and CLIP tokenizer + text encoder shared by the tiny SD
+    and Zeroscope components (seeded with ``seed + 1`` and ``seed + 2``; call inside ``fork_rng``)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4, 8),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=32,
+    )
+    torch.manual_seed(seed + 2)
+    tokenizer = tiny_clip_tokenizer(cond_tokens)
+    return vae, tokenizer, _clip_text_encoder(tokenizer, cond_tokens, cond_dim)
+
+
 def tiny_stable_diffusion_components(cond_tokens: int, cond_dim: int, *, seed: int = 0) -> dict[str, Any]:
     """Components for a tiny ``StableDiffusionPipeline`` conditioned on ``[cond_tokens, cond_dim]``.
 
     UNet (4, 8) channels, 2-block VAE (scale factor 2), 2-layer CLIP text encoder, DDIM scheduler;
     no safety checker.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -182,20 +203,7 @@ def tiny_stable_diffusion_components(cond_tokens: int, cond_dim: int, *, seed: i
             cross_attention_dim=cond_dim,
             norm_num_groups=2,
         )
-        torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            block_out_channels=(4, 8),
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            latent_channels=4,
-            norm_num_groups=2,
-            sample_size=32,
-        )
-        torch.manual_seed(seed + 2)
-        tokenizer = tiny_clip_tokenizer(cond_tokens)
-        text_encoder = _clip_text_encoder(tokenizer, cond_tokens, cond_dim)
+        vae, tokenizer, text_encoder = _image_vae_and_clip_text(seed, cond_tokens, cond_dim)
     return {
         "unet": unet,
         "scheduler": _ddim_scheduler(),
@@ -214,7 +222,7 @@ def tiny_zeroscope_components(cond_tokens: int, cond_dim: int, *, seed: int = 0)
 
     3-D UNet (8, 8) channels, 2-block VAE (scale factor 2) applied per frame, CLIP text encoder, DDIM.
     """
-    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from diffusers import UNet3DConditionModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -230,20 +238,7 @@ def tiny_zeroscope_components(cond_tokens: int, cond_dim: int, *, seed: int = 0)
             attention_head_dim=4,
             norm_num_groups=2,
         )
-        torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            block_out_channels=(4, 8),
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            latent_channels=4,
-            norm_num_groups=2,
-            sample_size=32,
-        )
-        torch.manual_seed(seed + 2)
-        tokenizer = tiny_clip_tokenizer(cond_tokens)
-        text_encoder = _clip_text_encoder(tokenizer, cond_tokens, cond_dim)
+        vae, tokenizer, text_encoder = _image_vae_and_clip_text(seed, cond_tokens, cond_dim)
     return {
         "unet": unet,
         "scheduler": _ddim_scheduler(),
