@@ -188,8 +188,8 @@ class AudioLDMDecoder(Decoder):
         """Log-mel spectrograms ``[B, 1, T, M]`` -> scaled latents ``[B, 4, T/f, M/f]``.
 
         The input is AudioLDM's log-mel spectrogram (``M`` = the vocoder's ``model_in_dim`` mel
-        bins, 64 for the real model; ``T`` frames, a multiple of the VAE scale factor ``f``), i.e.
-        precomputed features: this wrapper does not compute mel spectrograms from waveforms.
+        bins, 64 for the real model; ``T`` frames, a multiple of the VAE scale factor ``f``), as
+        :meth:`prepare_target` computes it from a waveform.
         """
         pipe = self.load()
         bins = pipe.vocoder.config.model_in_dim

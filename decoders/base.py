@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from nextgpt.dtypes import torch_dtype
 from nextgpt.errors import CheckpointError, ConfigError
 from nextgpt.modality import Modality
 
@@ -61,23 +62,10 @@ logger = logging.getLogger(__name__)
 #: ``callback(steps_done, num_steps)``, called after each denoising step of :meth:`Decoder.generate`.
 ProgressCallback = Callable[[int, int], None]
 
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """``"float32"`` / ``"float16"`` / ``"bfloat16"`` (or a ``torch.dtype``) -> ``torch.dtype``."""
-    if isinstance(dtype, torch.dtype):
-        if dtype not in _DTYPES.values():
-            raise ConfigError(f"unsupported decoder dtype {dtype}; valid: {', '.join(_DTYPES)}")
-        return dtype
-    try:
-        return _DTYPES[str(dtype)]
-    except KeyError:
-        raise ConfigError(f"unknown decoder dtype {dtype!r}; valid: {', '.join(_DTYPES)}") from None
+    return torch_dtype(dtype, "decoder dtype")
 
 
 def default_device() -> torch.device:

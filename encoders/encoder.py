@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from nextgpt.config import EncoderConfig, resolve_path
+from nextgpt.dtypes import torch_dtype
 from nextgpt.encoders.audio import preprocess_audio
 from nextgpt.encoders.image import preprocess_image
 from nextgpt.encoders.imagebind import EncoderOutput, ImageBind, ImageBindDims
@@ -36,7 +37,6 @@ PREPROCESS = {
     Modality.AUDIO: preprocess_audio,
     Modality.VIDEO: preprocess_video,
 }
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class ImageBindEncoder(nn.Module):
@@ -58,7 +58,7 @@ class ImageBindEncoder(nn.Module):
         model = build_imagebind(
             ImageBindDims.from_config(cfg),
             checkpoint=ckpt,
-            dtype=_DTYPES[cfg.dtype],
+            dtype=torch_dtype(cfg.dtype, "model.encoder.dtype"),
             device=device,
             seed=seed,
         )

@@ -25,17 +25,12 @@ import torch
 from torch import nn
 
 from nextgpt.config import LLMConfig, resolve_path
+from nextgpt.dtypes import torch_dtype
 from nextgpt.errors import CheckpointError, ConfigError
 from nextgpt.modality import Modality
 from nextgpt.tokens import TokenLayout, added_token_strings
 
 logger = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    return _DTYPES[name]
 
 
 @dataclass
@@ -357,8 +352,3 @@ class LanguageModel(nn.Module):
     def describe(self) -> str:
         n = sum(p.numel() for p in self.parameters())
         return f"{type(self._causal_lm()).__name__} {n / 1e6:.1f}M params, +{self.layout.num_new} tokens"
-
-
-def gguf_path(cfg: LLMConfig) -> Path | None:
-    path = resolve_path(cfg.path, "model.llm.path")
-    return None if path is None or not cfg.gguf_file else path / cfg.gguf_file

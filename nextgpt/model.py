@@ -31,7 +31,7 @@ from nextgpt.config import NextGPTConfig
 from nextgpt.errors import CheckpointError, ConfigError, InputError
 from nextgpt.modality import Modality
 from nextgpt.outputs import GenerationOutput
-from nextgpt.processor import Encoded, MediaItem, Processor, Turn, parse_inputs
+from nextgpt.processor import MediaItem, Processor, parse_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -543,4 +543,4 @@ class NextGPT(nn.Module):
         return model
 
 
-__all__ = ["NextGPT", "Encoded", "Turn"]
+__all__ = ["NextGPT", "SignalRun"]

@@ -139,18 +139,19 @@ class StageModule(L.LightningModule):
         return losses
 
     def _caption_targets(self, batch) -> list[list[torch.Tensor | None]]:
-        """Decoder conditioning of each output caption, computed online with the frozen text encoders."""
-        out = []
-        for row_mods, row_caps in zip(batch.output_modalities, batch.output_captions):
-            row = []
-            for m, cap in zip(row_mods, row_caps):
-                if cap is None:
-                    row.append(None)
-                    continue
-                with torch.no_grad():
-                    cond = self.model.decoders[m].encode_captions([cap])[0]  # (Q, C)
-                row.append(cond.to(self.device))
-            out.append(row)
+        """Decoder conditioning of each output caption, computed online with the frozen text encoders
+        (one call per modality for the whole batch)."""
+        jobs: dict = {}
+        for r, (mods, caps) in enumerate(zip(batch.output_modalities, batch.output_captions)):
+            for i, (m, cap) in enumerate(zip(mods, caps)):
+                if cap is not None:
+                    jobs.setdefault(m, []).append((r, i, cap))
+        out: list[list[torch.Tensor | None]] = [[None] * len(mods) for mods in batch.output_modalities]
+        with torch.no_grad():
+            for m, items in jobs.items():
+                conds = self.model.decoders[m].encode_captions([cap for _, _, cap in items])  # (N, Q, C)
+                for (r, i, _), cond in zip(items, conds):
+                    out[r][i] = cond.to(self.device)
         return out
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
