@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from nextgpt.decoders.base import Decoder, ProgressCallback, check_captions, warn_truncated
 from nextgpt.decoders.tiny import tiny_audioldm_components
+from nextgpt.dtypes import no_autocast
 from nextgpt.errors import ConfigError
 from nextgpt.modality import Modality
 
@@ -106,7 +107,7 @@ class AudioLDMDecoder(Decoder):
         inputs = pipe.tokenizer(
             texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
         )
-        with torch.no_grad():
+        with torch.no_grad(), no_autocast(device):  # as when the targets are cached
             embeds = pipe.text_encoder(
                 inputs.input_ids.to(device), attention_mask=inputs.attention_mask.to(device)
             ).text_embeds  # (B, dim)

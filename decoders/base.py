@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from nextgpt.dtypes import torch_dtype
+from nextgpt.dtypes import no_autocast, torch_dtype
 from nextgpt.errors import CheckpointError, ConfigError
 from nextgpt.modality import Modality
 
@@ -274,6 +274,24 @@ class Decoder(abc.ABC):
             self._train_scheduler = None
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+
+    def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> Decoder:
+        """Run on ``device`` and/or in ``dtype`` from now on: a loaded pipeline (every component, the
+        text encoder and UNet the training losses use included) moves now; an unloaded one loads there.
+        :class:`~nextgpt.NextGPT` calls this whenever the model is moved or cast. Returns ``self``."""
+        new_device = self.device if device is None else torch.device(device)
+        new_dtype = self.dtype if dtype is None else resolve_dtype(dtype)
+        if (new_device, new_dtype) == (self.device, self.dtype):
+            return self
+        self.device, self.dtype = new_device, new_dtype
+        pipe = self._pipeline
+        if pipe is not None:
+            if self.cpu_offload and hasattr(pipe, "remove_all_hooks"):
+                pipe.remove_all_hooks()
+            pipe.to(dtype=self.dtype)
+            self._place(pipe)
+            self._negative = None  # cached on the old device / in the old dtype
+        return self
 
     @classmethod
     @abc.abstractmethod
@@ -600,7 +618,7 @@ class Decoder(abc.ABC):
     ) -> torch.Tensor:
         """``[N, C, H, W]`` -> scaled latents ``[N, c, h, w]`` through the frozen VAE."""
         pipe = self.load()
-        with torch.no_grad():
+        with torch.no_grad(), no_autocast(self._exec_device):
             dist = pipe.vae.encode(pixels.to(device=self._exec_device, dtype=self.dtype)).latent_dist
             latents = dist.sample(generator=generator) if sample else dist.mode()
         return latents * pipe.vae.config.scaling_factor
@@ -650,7 +668,7 @@ class ClipTextDecoder(Decoder):
         )
         use_mask = bool(getattr(pipe.text_encoder.config, "use_attention_mask", False))
         mask = inputs.attention_mask.to(device) if use_mask else None
-        with torch.no_grad():
+        with torch.no_grad(), no_autocast(device):  # as when the targets are cached
             hidden = pipe.text_encoder(inputs.input_ids.to(device), attention_mask=mask)[0]  # (B, T, D)
         return hidden.to(device=device, dtype=pipe.text_encoder.dtype)
 

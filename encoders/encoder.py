@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from nextgpt.config import EncoderConfig, resolve_path
-from nextgpt.dtypes import torch_dtype
+from nextgpt.dtypes import no_autocast, torch_dtype
 from nextgpt.encoders.audio import preprocess_audio
 from nextgpt.encoders.image import preprocess_image
 from nextgpt.encoders.imagebind import EncoderOutput, ImageBind, ImageBindDims
@@ -100,7 +100,7 @@ class ImageBindEncoder(nn.Module):
     ) -> EncoderOutput:
         """Encode an already preprocessed batch (see :meth:`preprocess`)."""
         modality = Modality.parse(modality)
-        with torch.no_grad():
+        with torch.no_grad(), no_autocast(self.device):  # frozen: its own dtype, also under autocast
             x = batch.to(self.device)
             if x.is_floating_point():
                 x = x.to(self.dtype)

@@ -8,7 +8,7 @@
     nextgpt serve [--preset small | --model DIR] [--host 127.0.0.1] [--port 7860]
     nextgpt data convert FORMAT --input JSON --media-dir DIR --out DIR
     nextgpt data demo --out DIR
-    nextgpt cache encoder|captions --data DIR --out DIR [--preset ...]
+    nextgpt cache encoder|captions --data DIR --out DIR --stage N [--device cuda] [--num-processes N]
     nextgpt train --stage N [--preset tiny] [--data DIR] [--out DIR] [--override K=V ...]
 
 Errors print one line (the typed error's message) and exit non-zero; ``--verbose`` shows the
@@ -230,12 +230,27 @@ def cmd_data_demo(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from nextgpt.stages.cache import build_cache
+    from nextgpt.stages.cache import build_cache_report
 
-    path = build_cache(
-        args.what, args.data, args.out, preset=args.preset, overrides=args.override, stage=args.stage
+    report = build_cache_report(
+        args.what,
+        args.data,
+        args.out,
+        preset=args.preset,
+        overrides=args.override,
+        stage=args.stage,
+        batch_size=args.batch_size,
+        device=args.device,
+        num_processes=args.num_processes,
     )
-    print(f"cache written to {path}")
+    share = f" (rank {report.rank} of {report.world_size})" if report.world_size > 1 else ""
+    print(f"{report.what} cache for stage {report.stage}: {report.path}")
+    print(
+        f"this build{share}: {report.shards} shard(s); {report.written_shards} written "
+        f"({report.written_samples} samples), {report.skipped_shards} up to date ({report.skipped_samples} samples)"
+    )
+    if report.index_written:
+        print(f"the cache holds {report.entries} entries, {report.samples} samples")
     return 0
 
 
@@ -308,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_parser = dsub.add_parser
     dsub.add_parser = lambda *a, **kw: _add_data_parser(*a, parents=[common], **kw)
     p = dsub.add_parser("convert", help="convert an upstream JSON format into webdataset shards")
-    p.add_argument("format", help="cc3m, webvid, audiocap, t2m, mosit, llava, alpaca")
+    p.add_argument("format", help="cc3m, webvid, audiocap, t2m, mosit, llava, alpaca, videochat")
     p.add_argument("--input", required=True, help="the upstream JSON file")
     p.add_argument("--media-dir", default=None, help="folder holding the media the JSON names")
     p.add_argument("--out", required=True)
@@ -323,9 +338,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["encoder", "captions"])
     p.add_argument("--data", required=True, help="folder of shards")
     p.add_argument("--out", required=True)
-    p.add_argument("--stage", type=int, default=1)
+    p.add_argument(
+        "--stage",
+        type=int,
+        default=1,
+        choices=[1, 2, 3],
+        help="the stage whose samples to cache (encoder: 1, 3; captions: 2, 3)",
+    )
     p.add_argument("--preset", default="tiny")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="where the frozen models run: cpu, cuda, cuda:1, ... (cuda: cuda:$LOCAL_RANK under torchrun)",
+    )
+    p.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the shards over N local processes (cuda with several GPUs: one per GPU); "
+        "under torchrun/SLURM, RANK and WORLD_SIZE split them over the launched processes",
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="items per frozen-model call")
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser(

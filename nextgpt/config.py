@@ -92,6 +92,7 @@ Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
 Strategy = Literal["auto", "ddp", "fsdp", "deepspeed_stage_2"]
 Accelerator = Literal["auto", "cpu", "gpu"]
 Stage = Literal[1, 2, 3]
+Overlength = Literal["truncate", "skip"]
 
 #: The ImageBind trunks, in the order of the upstream model.
 TRUNK_NAMES: tuple[str, ...] = ("vision", "text", "audio", "depth", "thermal", "imu")
@@ -998,11 +999,31 @@ class TrainingConfig(_Node):
     cache_dir: str | None = field(default=None, metadata=_PATH)
     #: Where runs write checkpoints and logs.
     output_dir: str = field(default="runs", metadata=_PATH)
+    #: Shuffle-buffer size in samples per DataLoader worker (0: file order, no shuffling).
+    shuffle_buffer: int = 64
+    #: Dropped samples (all ranks, all reasons) above this fraction of the samples seen stop the run.
+    max_bad_fraction: float = 0.01
+    #: Samples seen (all ranks) before ``max_bad_fraction`` is checked.
+    min_samples_before_check: int = 100
+    #: A sample longer than the stage's ``max_length``: ``truncate`` it (never inside a media slot or a
+    #: signal run) or ``skip`` it (counted as dropped).
+    overlength: Overlength = "truncate"
     stages: dict[int, StageConfig] = field(default_factory=_table7_stages)
 
     def _validate(self) -> None:
         _positive(self, "num_nodes", "accumulate_grad_batches", "log_every_n_steps")
         _check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        _check(self.shuffle_buffer >= 0, "shuffle_buffer", f"must be >= 0, got {self.shuffle_buffer}")
+        _check(
+            0.0 <= self.max_bad_fraction <= 1.0,
+            "max_bad_fraction",
+            f"must be in [0, 1], got {self.max_bad_fraction}",
+        )
+        _check(
+            self.min_samples_before_check >= 0,
+            "min_samples_before_check",
+            f"must be >= 0, got {self.min_samples_before_check}",
+        )
         if isinstance(self.devices, int):
             _positive(self, "devices")
         if self.gradient_clip_val is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from nextgpt.errors import ConfigError
@@ -23,3 +25,13 @@ def torch_dtype(dtype: str | torch.dtype, what: str = "dtype") -> torch.dtype:
         return DTYPES[str(dtype)]
     except KeyError:
         raise ConfigError(f"unknown {what} {dtype!r}; valid: {', '.join(DTYPES)}") from None
+
+
+def no_autocast(device: torch.device | str):
+    """A context that turns autocast off on ``device``: frozen feature extractors (the encoder, the
+    decoders' text encoders) run in their own configured dtype inside a mixed-precision training step,
+    exactly as when their features are cached outside it."""
+    kind = torch.device(device).type
+    if kind not in ("cpu", "cuda", "xpu", "mps"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=kind, enabled=False)

@@ -184,8 +184,11 @@ class LanguageModel(nn.Module):
             noise = (
                 torch.randn(n_new, w.shape[1], generator=gen).to(w.device) * w.std(dim=0, keepdim=True) * 0.1
             )
-            return (w.mean(dim=0, keepdim=True) + noise).to(base.dtype)
+            return w.mean(dim=0, keepdim=True) + noise  # float32: the trainable master copy
 
+        # The dtype the frozen transformer computes in (follows .to(dtype) / .half() of the module);
+        # trainable rows stay float32 and are cast to it where they are used.
+        self.register_buffer("_compute_probe", torch.empty(0, dtype=base_in.dtype), persistent=False)
         self.new_embeddings = nn.Parameter(init_rows(base_in))
         self.new_lm_head = None if self.tied else nn.Parameter(init_rows(base_out))
         self.apply_trainable_policy()
@@ -278,11 +281,23 @@ class LanguageModel(nn.Module):
         self.set_lora_merged(False)
         return super().state_dict(*args, **kwargs)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the frozen transformer's computation (``model.llm.dtype`` unless cast)."""
+        return self._compute_probe.dtype
+
     def apply_trainable_policy(self) -> None:
-        """Set ``requires_grad`` of embedding rows and LoRA weights per the configured policy."""
+        """Set ``requires_grad`` of embedding rows and LoRA weights per the configured policy.
+
+        Every trainable tensor is float32, whatever dtype the frozen weights have: mixed-precision
+        training (autocast, ``GradScaler``) needs float32 master weights, and an fp16/bf16 Adam update
+        loses small steps. Under the legacy ``"full"`` policy the base ``embed_tokens``/``lm_head``
+        are therefore held in float32 (and cast to the compute dtype where used)."""
         full = self.trainable_embeddings == "full"
-        self._causal_lm().get_input_embeddings().weight.requires_grad_(full)
-        self._causal_lm().get_output_embeddings().weight.requires_grad_(full)
+        for emb in (self._causal_lm().get_input_embeddings(), self._causal_lm().get_output_embeddings()):
+            if full and emb.weight.dtype != torch.float32:
+                emb.weight.data = emb.weight.data.float()
+            emb.weight.requires_grad_(full)
         self.new_embeddings.requires_grad_(True)
         if self.new_lm_head is not None:
             self.new_lm_head.requires_grad_(True)
@@ -293,19 +308,21 @@ class LanguageModel(nn.Module):
     # ---------------------------------------------------------------- compute
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Input embeddings of ``ids`` ``[B, L]`` -> ``[B, L, H]`` (base and added rows)."""
+        """Input embeddings of ``ids`` ``[B, L]`` -> ``[B, L, H]`` (base and added rows) in the compute
+        dtype. The added rows take part in every call (a zero gradient where no added id occurs), so
+        every trainable tensor is in every step's graph, as DDP and FSDP need."""
         base = self._causal_lm().get_input_embeddings()
         V = self.layout.base_vocab
-        is_new = ids >= V
-        out = base(ids.clamp(max=V - 1))
-        if bool(is_new.any()):
-            new = self.new_embeddings.to(out.dtype)[(ids - V).clamp(min=0)]
-            out = torch.where(is_new.unsqueeze(-1), new, out)
-        return out
+        dtype = self.compute_dtype
+        out = base(ids.clamp(max=V - 1)).to(dtype)
+        new = nn.functional.embedding((ids - V).clamp(min=0), self.new_embeddings).to(dtype)
+        return torch.where((ids >= V).unsqueeze(-1), new, out)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits over base + added tokens, ``[..., H] -> [..., V + n_new]``."""
-        base = self._causal_lm().get_output_embeddings()(hidden)
+        """Logits over base + added tokens, ``[..., H] -> [..., V + n_new]`` (float32 master weights
+        are cast to the hidden states' dtype)."""
+        head = self._causal_lm().get_output_embeddings()
+        base = head(hidden.to(head.weight.dtype)).to(hidden.dtype)  # through forward: FSDP's hooks run
         rows = self.new_embeddings if self.new_lm_head is None else self.new_lm_head
         return torch.cat([base, hidden @ rows.to(hidden.dtype).T], dim=-1)
 

@@ -40,6 +40,14 @@ WEIGHTS_FILE = "trainable.safetensors"
 META_FILE = "nextgpt.json"
 
 
+def _target_of(fn) -> tuple[torch.device, torch.dtype | None]:
+    """The device an ``nn.Module._apply`` function moves tensors to, and the floating dtype it casts
+    them to (``None``: dtypes are kept), read off two empty probes (float32 and float16)."""
+    p32, p16 = fn(torch.empty(0)), fn(torch.empty(0, dtype=torch.float16))
+    dtype = None if (p32.dtype, p16.dtype) == (torch.float32, torch.float16) else p16.dtype
+    return p32.device, dtype
+
+
 def _seeded(seed: int, build):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -79,6 +87,7 @@ class NextGPT(nn.Module):
             }
         )
         self.to(device)
+        # Decoders start where the model is and follow its moves and casts (see _apply).
         self.decoders = {
             m: build_decoder(o.decoder, device=device, seed=seed) for m, o in mcfg.outputs.items()
         }
@@ -110,6 +119,19 @@ class NextGPT(nn.Module):
     def device(self) -> torch.device:
         return self.llm.new_embeddings.device
 
+    def _apply(self, fn, recurse: bool = True):
+        # Every module move/cast (.to(device), .to(dtype), .cuda(), .half(), Lightning moving the module,
+        # .to_empty(device="meta"), ...) reaches the decoders too: they are plain objects outside the
+        # module tree (never trained, loaded lazily), so nn.Module would leave them where they were
+        # built. A loaded pipeline moves now; an unloaded one loads where the model is.
+        out = super()._apply(fn, recurse)
+        decoders = self.__dict__.get("decoders")
+        if decoders:
+            device, dtype = _target_of(fn)
+            for decoder in decoders.values():
+                decoder.to(device=device, dtype=dtype)
+        return out
+
     @property
     def output_modalities(self) -> tuple[Modality, ...]:
         return tuple(self.config.model.outputs)
@@ -139,7 +161,38 @@ class NextGPT(nn.Module):
         self, slot_modalities: Sequence[Sequence[Modality]], features: dict[Modality, torch.Tensor]
     ) -> list[torch.Tensor]:
         """Input projector over per-modality features (items in slot order) -> per slot ``[T, H]``."""
-        projected = {m: self.input_projector(f.to(self.device)) for m, f in features.items()}  # (N, T, H)
+        return self.project_inputs(slot_modalities, features)[0]
+
+    def project_inputs(
+        self,
+        slot_modalities: Sequence[Sequence[Modality]],
+        features: dict[Modality, torch.Tensor],
+        *,
+        every_modality: bool = False,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """:meth:`project_slots`, plus a zero scalar.
+
+        With ``every_modality`` (training) the projector runs once per input modality in a fixed
+        order, on a zero item for a modality this batch lacks, and the zero scalar carries those calls'
+        graph (weight 0). DDP without ``find_unused_parameters`` needs a gradient for every trainable
+        tensor in every step, and FSDP needs every sharded module to run the same forwards in the same
+        order on every rank (each is a collective). Adding the exact zero changes no value."""
+        idle = torch.zeros((), device=self.device)
+        if every_modality:
+            cfg = self.config.model.input_projector
+            shape = (1, 1, cfg.in_dim) if cfg.uses_patch_tokens else (1, cfg.in_dim)
+            order = list(self.llm.layout.placeholder_ids)
+            unknown = [m for m in features if m not in order]
+            if unknown:
+                raise InputError(f"no input placeholder for {', '.join(m.value for m in unknown)} features")
+            projected = {}
+            for m in order:
+                if m in features:
+                    projected[m] = self.input_projector(features[m].to(self.device))  # (N, T, H)
+                else:
+                    idle = idle + 0.0 * self.input_projector(torch.zeros(shape, device=self.device)).sum()
+        else:
+            projected = {m: self.input_projector(f.to(self.device)) for m, f in features.items()}  # (N, T, H)
         cursor = dict.fromkeys(projected, 0)
         out = []
         for mods in slot_modalities:
@@ -151,7 +204,7 @@ class NextGPT(nn.Module):
         for m, used in cursor.items():
             if used != projected[m].shape[0]:
                 raise InputError(f"{projected[m].shape[0]} {m.value} features for {used} {m.value} items")
-        return out
+        return out, idle
 
     def embed_inputs(self, input_ids: torch.Tensor, media_tokens: Sequence[torch.Tensor]) -> torch.Tensor:
         """Token embeddings ``[B, L, H]`` with media tokens scattered at the placeholder positions.
@@ -215,6 +268,7 @@ class NextGPT(nn.Module):
         denoise_media: Sequence[Sequence[torch.Tensor | None]] | None = None,
         denoise_weight: float = 1.0,
         generator: torch.Generator | None = None,
+        input_idle: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The NExT-GPT training losses for one batch.
 
@@ -225,6 +279,8 @@ class NextGPT(nn.Module):
                 (``[Q, C]``, e.g. the caption's CLIP ``last_hidden_state``), or ``None`` for no
                 alignment loss on that run. ``None`` skips alignment altogether (stage 1).
             alignment_weights: per-modality weight (default 1.0; upstream stage 3 uses 2.0 for video).
+            input_idle: the zero scalar of :meth:`project_inputs` (training), added to the loss so
+                that the idle projector calls are part of the graph.
             denoise_media: per row and run, the target media prepared by the decoder
                 (``Decoder.prepare_target``) for the conditional latent denoising loss through the
                 frozen UNet (paper), or ``None``; ``denoise_weight`` scales it.
@@ -238,11 +294,15 @@ class NextGPT(nn.Module):
         embeds = self.embed_inputs(input_ids, media_tokens)
         out = self.llm(embeds, attention_mask)
         logits = out.logits[:, :-1].float()
-        lm_loss = nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+        shifted = labels[:, 1:].reshape(-1)
+        ce_sum = nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), shifted, ignore_index=-100, reduction="sum"
         )
+        lm_loss = ce_sum / (shifted != -100).sum().clamp(min=1)  # mean over labelled tokens; 0 if none
         losses: dict[str, torch.Tensor] = {"lm_loss": lm_loss}
         total = lm_weight * lm_loss
+        if input_idle is not None:
+            total = total + input_idle
         if targets is not None:
             runs = self.signal_runs(out.hidden, input_ids, embeds)
             weights = alignment_weights or {}
@@ -259,12 +319,23 @@ class NextGPT(nn.Module):
                         per_mod.setdefault(run.modality, []).append((run.states, target, med))
             align_total = embeds.new_zeros(())
             denoise_terms: list[torch.Tensor] = []
-            for m, entries in per_mod.items():
+            idle = embeds.new_zeros((), dtype=torch.float32)
+            # Every output projector runs once, in a fixed order (see project_inputs): on this batch's
+            # runs, or on a zero run weighted by zero.
+            for m in self.output_modalities:
+                entries = per_mod.get(m)
+                if not entries:
+                    n = len(self.llm.layout.signal_ids[m])
+                    dummy = torch.zeros(1, n, self.llm.hidden_size, device=self.device)
+                    idle = idle + 0.0 * self.project_outputs(m, dummy).float().sum()
+                    continue
                 pred = self.project_outputs(m, torch.stack([e[0] for e in entries]))  # (N, Q, C)
                 aligned = [(i, e[1]) for i, e in enumerate(entries) if e[1] is not None]
                 if aligned:
                     p = pred[[i for i, _ in aligned]]
-                    tgt = torch.stack([t for _, t in aligned]).to(p)  # (N, Q', C)
+                    tgt = torch.stack(
+                        [t.to(p) for _, t in aligned]
+                    )  # (N, Q', C); cast first (fp16 targets, bf16 autocast)
                     if tgt.ndim == 2:  # (N, C): single-token conditioning (AudioLDM)
                         tgt = tgt.unsqueeze(1)
                     if tgt.shape != p.shape:
@@ -281,7 +352,7 @@ class NextGPT(nn.Module):
                         )
                         denoise_terms.append(loss)
             losses["align_loss"] = align_total
-            total = total + align_total
+            total = total + align_total + idle
             if denoise_terms:
                 losses["denoise_loss"] = torch.stack(denoise_terms).mean()
                 total = total + denoise_weight * losses["denoise_loss"]
@@ -484,8 +555,13 @@ class NextGPT(nn.Module):
         state.update({f"llm.{k}": v.detach() for k, v in self.llm.trainable_state_dict().items()})
         return state
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.yaml`` (the resolved config) and ``trainable.safetensors`` into ``directory``."""
+    def save_pretrained(
+        self, directory: str | os.PathLike, *, state: dict[str, torch.Tensor] | None = None
+    ) -> Path:
+        """Write ``config.yaml`` (the resolved config) and ``trainable.safetensors`` into ``directory``.
+
+        ``state``: the trainable tensors to write instead of :meth:`trainable_state_dict` (a sharded
+        model passes the gathered whole tensors, see ``nextgpt.stages.parallel``)."""
         from safetensors.torch import save_file
 
         import nextgpt
@@ -493,7 +569,9 @@ class NextGPT(nn.Module):
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         self.config.to_yaml(out / CONFIG_FILE)
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.trainable_state_dict().items()}
+        if state is None:
+            state = self.trainable_state_dict()
+        state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         tmp = out / (WEIGHTS_FILE + ".tmp")
         save_file(state, str(tmp))
         os.replace(tmp, out / WEIGHTS_FILE)  # atomic: a crash never leaves a half-written file

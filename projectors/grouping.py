@@ -197,7 +197,8 @@ class _AssignAttention(nn.Module):
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
-        self.log_tau = nn.Parameter(torch.tensor(math.log(max(tau_init, TAU_MIN))))
+        # Shape (1,), not a scalar: FSDP2 shards only parameters with at least one dimension.
+        self.log_tau = nn.Parameter(torch.full((1,), math.log(max(tau_init, TAU_MIN))))
 
     @property
     def tau(self) -> torch.Tensor:

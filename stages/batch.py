@@ -2,9 +2,17 @@
 
 The collator runs in DataLoader workers, so everything CPU-heavy happens there: rendering the
 template, tokenising, and preprocessing media into encoder inputs (or reading cached encoder
-features). A sample that cannot be used (corrupt media found while preprocessing, a prompt longer
-than ``max_length``, a template error) is dropped from the batch and counted in ``Batch.skipped``;
-it never stops the run.
+features). A sample that cannot be used is dropped from the batch and counted by reason in
+``Batch.drops`` (the slugs of :data:`~nextgpt.stages.data.schema.DROP_REASONS`): undecodable in the
+shard (it arrives as a :class:`~nextgpt.stages.data.schema.DroppedSample`), media preprocessing
+failed, no feature-cache entry, a template/tokenizer error, or nothing left to learn after
+truncation. A sample longer than ``max_length`` is truncated (``overlength="truncate"``): the cut never
+splits a media placeholder span or a signal run, and the media and outputs past it are dropped with
+it; ``overlength="skip"`` drops the sample instead. The training loop sums the counts over all ranks
+and stops the run past ``training.max_bad_fraction``.
+
+A batch whose samples were all dropped is still a batch (:meth:`Batch.empty`: one unlabelled row):
+every rank must run the same steps under DDP/FSDP, so it trains with a zero loss instead of skipping.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ import torch
 
 from nextgpt.errors import InputError
 from nextgpt.modality import Modality
-from nextgpt.processor import IGNORE_INDEX, Processor
+from nextgpt.processor import IGNORE_INDEX, Encoded, Processor
+from nextgpt.stages.data.schema import DroppedSample
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +46,11 @@ class Batch:
         output_modalities, output_captions: per row, per output (signal run) its modality and the
             caption whose decoder conditioning is the alignment target.
         targets: cached alignment targets per row and run, or ``None`` (computed online).
-        skipped: samples dropped while collating this batch.
+        output_media: per row and run, the target media (denoising loss) or ``None``.
+        num_samples: samples this batch stands for (rows + dropped; padding not counted).
+        drops: dropped samples by reason.
+        skipped_keys: keys of the dropped samples.
+        is_empty: every sample was dropped; the one row is unlabelled filler (:meth:`empty`).
     """
 
     keys: list[str]
@@ -51,8 +64,36 @@ class Batch:
     output_captions: list[list[str | None]]
     targets: list[list[torch.Tensor | None]] | None = None
     output_media: list[list[object | None]] = field(default_factory=list)
-    skipped: int = 0
+    num_samples: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
     skipped_keys: list[str] = field(default_factory=list)
+    is_empty: bool = False
+
+    @property
+    def skipped(self) -> int:
+        """Samples dropped while making this batch."""
+        return sum(self.drops.values())
+
+    @classmethod
+    def empty(cls, pad_id: int, *, num_samples: int = 0, drops=None, skipped_keys=()) -> Batch:
+        """A one-token, unlabelled batch standing for a batch whose samples were all dropped."""
+        return cls(
+            keys=[],
+            input_ids=torch.full((1, 1), pad_id, dtype=torch.long),
+            attention_mask=torch.ones((1, 1), dtype=torch.long),
+            labels=torch.full((1, 1), IGNORE_INDEX, dtype=torch.long),
+            slot_modalities=[],
+            media=None,
+            features=None,
+            output_modalities=[[]],
+            output_captions=[[]],
+            targets=None,
+            output_media=[[]],
+            num_samples=num_samples,
+            drops=dict(drops or {}),
+            skipped_keys=list(skipped_keys),
+            is_empty=True,
+        )
 
     def to(self, device: torch.device | str) -> Batch:
         """A copy with the tensors (ids, masks, media/features, targets) on ``device``; media objects
@@ -71,74 +112,164 @@ class Batch:
         return dataclasses.replace(self, **{name: move(getattr(self, name)) for name in names})
 
 
+class _Drop(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+OVERLENGTH = ("truncate", "skip")
+
+
+def _atomic_spans(enc: Encoded, processor: Processor) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """``(input slot spans, output run spans)`` as ``[start, end)`` token positions, in order: the
+    placeholder tokens of each input media slot (with their wrappers) and each signal run."""
+    ids = enc.input_ids.tolist()
+    layout = processor.layout
+    per = processor.tokens_per_item
+    ph = set(layout.placeholder_ids.values())
+    pos = [i for i, t in enumerate(ids) if t in ph]
+    wrappers = layout.wrapper_ids
+    slots = []
+    for k in range(0, len(pos), per):
+        a, b = pos[k], pos[min(k + per, len(pos)) - 1] + 1
+        if wrappers and a > 0 and ids[a - 1] == wrappers[0]:
+            a -= 1
+        if wrappers and b < len(ids) and ids[b] == wrappers[1]:
+            b += 1
+        slots.append((a, b))
+    firsts = {run[0]: len(run) for run in layout.signal_ids.values()}
+    runs = [(i, i + firsts[t]) for i, t in enumerate(ids) if t in firsts]
+    return slots, runs
+
+
+def truncate_encoded(enc: Encoded, max_length: int, processor: Processor) -> tuple[Encoded, int]:
+    """``enc`` cut to at most ``max_length`` tokens without splitting a media slot or a signal run.
+
+    The cut moves back to the start of a span it would split; input slots and outputs past the cut
+    are dropped with their tokens. Returns the truncated encoding and how many outputs it keeps.
+    """
+    slots, runs = _atomic_spans(enc, processor)
+    cut = max_length
+    for a, b in slots + runs:
+        if a < cut < b:
+            cut = a
+    kept_in = sum(1 for _, b in slots if b <= cut)
+    kept_out = sum(1 for _, b in runs if b <= cut)
+    out = Encoded(
+        enc.input_ids[:cut].clone(), enc.labels[:cut].clone(), enc.slots[:kept_in], enc.outputs[:kept_out]
+    )
+    return out, kept_out
+
+
 class Collator:
-    """Callable ``list[Sample] -> Batch | None`` (``None`` when every sample was dropped).
+    """Callable ``list[Sample | DroppedSample] -> Batch`` (never ``None``; see the module docstring).
 
     Args:
         processor: the model's processor (template + tokenizer + token layout).
-        max_length: longest allowed sequence; longer samples are dropped and counted.
+        max_length: longest sequence; longer samples are truncated or skipped (``overlength``).
         pad_id: id used to pad ``input_ids``.
         feature_cache: optional :class:`~nextgpt.stages.cache.FeatureCache` of encoder features.
         caption_cache: optional :class:`~nextgpt.stages.cache.FeatureCache` of alignment targets.
+        overlength: ``"truncate"`` (default) or ``"skip"``.
     """
 
     def __init__(
-        self, processor: Processor, max_length: int, pad_id: int, *, feature_cache=None, caption_cache=None
+        self,
+        processor: Processor,
+        max_length: int,
+        pad_id: int,
+        *,
+        feature_cache=None,
+        caption_cache=None,
+        overlength: str = "truncate",
     ):
+        if overlength not in OVERLENGTH:
+            raise InputError(f"unknown overlength policy {overlength!r}; valid: {', '.join(OVERLENGTH)}")
         self.processor = processor
         self.max_length = max_length
         self.pad_id = pad_id
         self.feature_cache = feature_cache
         self.caption_cache = caption_cache
+        self.overlength = overlength
 
     def _prepare(self, sample):
         from nextgpt.encoders.encoder import ImageBindEncoder
 
-        enc = self.processor.encode(sample.turns, add_generation_prompt=False)
-        if enc.input_ids.numel() > self.max_length:
-            raise InputError(f"{enc.input_ids.numel()} tokens > max_length {self.max_length}")
+        try:
+            enc = self.processor.encode(sample.turns, add_generation_prompt=False)
+        except (InputError, ValueError) as exc:
+            raise _Drop("template", str(exc)) from None
         if len(enc.outputs) != len(sample.output_captions):
-            raise InputError(f"{len(enc.outputs)} output media but {len(sample.output_captions)} captions")
-        items: list[tuple[Modality, torch.Tensor | None, int]] = []
-        for s, slot in enumerate(enc.slots):
+            raise _Drop(
+                "template", f"{len(enc.outputs)} output media but {len(sample.output_captions)} captions"
+            )
+        captions = list(sample.output_captions)
+        if enc.input_ids.numel() > self.max_length:
+            n = enc.input_ids.numel()
+            if self.overlength == "skip":
+                raise _Drop("overlength", f"{n} tokens > max_length {self.max_length}")
+            enc, kept = truncate_encoded(enc, self.max_length, self.processor)
+            captions = captions[:kept]
+            logger.debug("sample %s truncated from %d to %d tokens", sample.key, n, enc.input_ids.numel())
+        if not bool((enc.labels != IGNORE_INDEX).any()):
+            raise _Drop("no_target", f"no target token within max_length {self.max_length}")
+        items: list[tuple[Modality, torch.Tensor | None]] = []
+        for slot in enc.slots:
             for item in slot:
                 if self.feature_cache is not None:
-                    items.append((item.modality, self.feature_cache.get(sample.key, len(items)), s))
+                    try:
+                        value = self.feature_cache.get(sample.url, sample.key, len(items))
+                    except KeyError as exc:
+                        raise _Drop("cache_miss", str(exc)) from None
                 else:
-                    items.append(
-                        (item.modality, ImageBindEncoder.preprocess_item(item.modality, item.value), s)
-                    )
+                    try:
+                        value = ImageBindEncoder.preprocess_item(item.modality, item.value)
+                    except (InputError, ValueError, RuntimeError, OSError) as exc:
+                        raise _Drop("preprocess", f"{item.modality.value}: {exc}") from None
+                items.append((item.modality, value))
         targets = None
         if self.caption_cache is not None:
-            targets = [self.caption_cache.get(sample.key, i) for i in range(len(enc.outputs))]
-        return enc, items, targets
-
-    def __call__(self, samples) -> Batch | None:
-        rows, skipped_keys = [], []
-        for sample in samples:
             try:
-                rows.append((sample, *self._prepare(sample)))
-            except (InputError, KeyError, ValueError) as exc:
-                logger.warning("skipping sample %s: %s", getattr(sample, "key", "?"), exc)
+                targets = [self.caption_cache.get(sample.url, sample.key, i) for i in range(len(enc.outputs))]
+            except KeyError as exc:
+                raise _Drop("cache_miss", str(exc)) from None
+        return sample, enc, items, targets, captions
+
+    def __call__(self, samples) -> Batch:
+        rows, drops, skipped_keys, seen = [], {}, [], 0
+        for sample in samples:
+            if isinstance(sample, DroppedSample):
+                if sample.is_padding:
+                    continue
+                seen += 1
+                drops[sample.reason] = drops.get(sample.reason, 0) + 1
+                skipped_keys.append(sample.key)
+                continue
+            seen += 1
+            try:
+                rows.append(self._prepare(sample))
+            except _Drop as exc:
+                logger.warning("dropping sample %s (%s): %s", getattr(sample, "key", "?"), exc.reason, exc)
+                drops[exc.reason] = drops.get(exc.reason, 0) + 1
                 skipped_keys.append(getattr(sample, "key", "?"))
         if not rows:
-            return None
-        L = max(enc.input_ids.numel() for _, enc, _, _ in rows)
+            return Batch.empty(self.pad_id, num_samples=seen, drops=drops, skipped_keys=skipped_keys)
+        L = max(enc.input_ids.numel() for _, enc, *_ in rows)
         B = len(rows)
         input_ids = torch.full((B, L), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((B, L), dtype=torch.long)
         labels = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
         slot_modalities: list[list[Modality]] = []
         per_mod: dict[Modality, list[torch.Tensor]] = {}
-        for b, (_, enc, items, _) in enumerate(rows):
+        for b, (_, enc, items, _, _) in enumerate(rows):
             n = enc.input_ids.numel()
             input_ids[b, :n], attention_mask[b, :n], labels[b, :n] = enc.input_ids, 1, enc.labels
             slot_modalities += [[item.modality for item in slot] for slot in enc.slots]
-            for m, tensor, _ in items:
+            for m, tensor in items:
                 per_mod.setdefault(m, []).append(tensor)
         stacked = {m: torch.stack(ts) for m, ts in per_mod.items()}
         cached = self.feature_cache is not None
-        targets = [t for *_, t in rows] if self.caption_cache is not None else None
         return Batch(
             keys=[s.key for s, *_ in rows],
             input_ids=input_ids,
@@ -147,10 +278,11 @@ class Collator:
             slot_modalities=slot_modalities,
             media=None if cached else stacked,
             features=stacked if cached else None,
-            output_modalities=[[slot[0].modality for slot in enc.outputs] for _, enc, _, _ in rows],
-            output_captions=[list(s.output_captions) for s, *_ in rows],
-            targets=targets,
-            output_media=[[slot[0].value for slot in enc.outputs] for _, enc, _, _ in rows],
-            skipped=len(skipped_keys),
+            output_modalities=[[slot[0].modality for slot in enc.outputs] for _, enc, *_ in rows],
+            output_captions=[caps for *_, caps in rows],
+            targets=[t for *_, t, _ in rows] if self.caption_cache is not None else None,
+            output_media=[[slot[0].value for slot in enc.outputs] for _, enc, *_ in rows],
+            num_samples=seen,
+            drops=drops,
             skipped_keys=skipped_keys,
         )

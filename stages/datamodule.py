@@ -1,9 +1,15 @@
 """The LightningDataModule: webdataset shards of a stage -> collated batches.
 
 Which shards a stage reads (:func:`stage_shards`): for every dataset name of the stage's config
-(``training.stages[N].datasets``, e.g. ``cc3m``), ``<data_dir>/<name>/**/*.tar``; plus the generic
-folders the converters and ``make data-demo`` write: ``pairs/`` for stages 1 and 2,
-``conversations/`` for stage 3.
+(``training.stages[N].datasets``, e.g. ``cc3m``), ``<data_dir>/<name>/**/*.tar``. A listed dataset
+without shards is an error (``make data-demo`` writes ``pairs/`` and ``conversations/``, the names
+the ``tiny`` and ``small`` presets list).
+
+Exact length: the reader is balanced (:class:`~nextgpt.stages.data.ShardDataset`): every rank and
+worker yields the same, known number of items per epoch (unusable samples stand in as
+:class:`~nextgpt.stages.data.schema.DroppedSample`, counted by the collator), so the loader has an
+exact ``len`` (what Lightning's ``estimated_stepping_batches`` and the LR schedule use) and every rank
+runs the same steps.
 
 Resuming mid-epoch: the shard order is a function of the seed, so after a restart the loader skips
 the batches the restored loop already completed and the run continues with the very batches an
@@ -23,20 +29,30 @@ from nextgpt.stages.batch import Collator
 
 logger = logging.getLogger(__name__)
 
-GENERIC_FOLDERS = {1: ("pairs",), 2: ("pairs",), 3: ("conversations",)}
-
 
 def stage_shards(data_dir: str | Path, stage: int, names: list[str]) -> list[str]:
-    """Sorted shard paths of ``stage`` under ``data_dir`` (see module docstring)."""
+    """Sorted shard paths of ``stage`` under ``data_dir``: ``<data_dir>/<name>/**/*.tar`` per name.
+
+    Raises:
+        ConfigError: no dataset is listed, or a listed one has no shards (naming what is there).
+    """
     root = Path(data_dir)
-    folders = [*names, *GENERIC_FOLDERS[stage]]
+    key = f"training.stages.{stage}.datasets"
+    if not names:
+        raise ConfigError(f"{key} is empty: list the dataset folders under {root} the stage reads")
     found: list[Path] = []
-    for folder in dict.fromkeys(folders):
-        found += sorted((root / folder).glob("**/*.tar"))
-    if not found:
-        searched = ", ".join(str(root / f) for f in dict.fromkeys(folders))
+    missing = []
+    for name in dict.fromkeys(names):
+        shards = sorted((root / name).glob("**/*.tar"))
+        if not shards:
+            missing.append(name)
+        found += shards
+    if missing:
+        present = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         raise ConfigError(
-            f"no .tar shards for stage {stage} under {searched} (build them with `make data-demo` or `nextgpt data convert`)"
+            f"{key}: no .tar shards for {', '.join(repr(m) for m in missing)} under {root} "
+            f"(folders there: {', '.join(present) or 'none'}); convert the data with `nextgpt data convert` "
+            f"or `make data-demo`, or set {key}=[...] to the datasets you have"
         )
     return [str(p) for p in found]
 
@@ -63,7 +79,8 @@ class _SkipFirst:
         yield from it
 
     def __len__(self) -> int:
-        return len(self.loader)
+        # Exact: each worker of this rank yields ceil(items_per_worker / batch_size) batches.
+        return self.loader.dataset.batches_per_rank(self.loader.batch_size, self.loader.num_workers)
 
 
 class NextGPTDataModule(L.LightningDataModule):
@@ -75,7 +92,6 @@ class NextGPTDataModule(L.LightningDataModule):
         processor: the model's processor.
         data_dir: folder of shards (default ``config.training.data_dir``).
         feature_cache / caption_cache: optional caches (see :mod:`nextgpt.stages.cache`).
-        max_bad_fraction: corrupt-sample fraction past which the run stops with an error.
     """
 
     def __init__(
@@ -87,8 +103,7 @@ class NextGPTDataModule(L.LightningDataModule):
         *,
         feature_cache=None,
         caption_cache=None,
-        max_bad_fraction: float = 0.01,
-        shuffle: int = 64,
+        shuffle: int | None = None,
     ) -> None:
         super().__init__()
         from nextgpt.config import resolve_path
@@ -105,14 +120,17 @@ class NextGPTDataModule(L.LightningDataModule):
         self.data_dir = Path(root)
         self.feature_cache = feature_cache
         self.caption_cache = caption_cache
-        self.max_bad_fraction = max_bad_fraction
-        self.shuffle = shuffle
+        self.shuffle = config.training.shuffle_buffer if shuffle is None else int(shuffle)
         self.dataset = None
+
+    def shards(self) -> list[str]:
+        """The shard paths this stage reads."""
+        return stage_shards(self.data_dir, self.stage, list(self.stage_cfg.datasets))
 
     def setup(self, stage: str | None = None) -> None:
         from nextgpt.stages.data import ShardDataset
 
-        urls = stage_shards(self.data_dir, self.stage, list(self.stage_cfg.datasets))
+        urls = self.shards()
         trainer = self.trainer if self._trainer_attached() else None
         distributed = trainer is not None and trainer.world_size > 1
         self.dataset = ShardDataset(
@@ -120,15 +138,20 @@ class NextGPTDataModule(L.LightningDataModule):
             self.stage,
             shuffle=self.shuffle,
             seed=self.config.training.seed,
-            max_bad_fraction=self.max_bad_fraction,
             decode_output_media=bool(self.config.training.denoising_loss),
-            # Every rank must see the same number of batches, or DDP's collectives hang at the end:
-            # "balanced" caps every worker at the smallest per-worker sample count of the epoch.
-            balanced=distributed,
-            rank=trainer.global_rank if distributed else None,
-            world_size=trainer.world_size if distributed else None,
+            # Exact, equal lengths on every rank (module docstring); bad samples are counted by the
+            # training loop over all ranks, not per worker.
+            balanced=True,
+            rank=trainer.global_rank if distributed else 0,
+            world_size=trainer.world_size if distributed else 1,
         )
-        logger.info("stage %d data: %d shard(s) from %s", self.stage, len(urls), self.data_dir)
+        logger.info(
+            "stage %d data: %d shard(s), %d samples from %s",
+            self.stage,
+            len(urls),
+            self.dataset.num_samples(),
+            self.data_dir,
+        )
 
     def _trainer_attached(self) -> bool:
         try:
@@ -145,6 +168,7 @@ class NextGPTDataModule(L.LightningDataModule):
             pad,
             feature_cache=self.feature_cache,
             caption_cache=self.caption_cache,
+            overlength=self.config.training.overlength,
         )
 
     def train_dataloader(self):

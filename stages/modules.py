@@ -18,19 +18,39 @@ modality; optionally the conditional latent denoising loss through the frozen UN
 (``training.denoising_loss``).
 
 Checkpoints hold only the trainable parameters and the optimiser state (:meth:`on_save_checkpoint`);
-frozen parts are rebuilt from the config, which is stored in the checkpoint as well.
+frozen parts are rebuilt from the config, which is stored in the checkpoint as well, with every
+rank's random state and sample counts. They are read back without unpickling arbitrary objects
+(:func:`safe_load_checkpoint`).
+
+At real scale (several processes, mixed precision, a full epoch):
+
+* every trainable tensor is float32 (the LLM wrapper's rows, LoRA, projectors), whatever the frozen
+  weights' dtype; fused Adam only where Lightning allows it (not with ``16-mixed`` + gradient clipping);
+* the LR schedule spans the epoch's exact number of optimiser steps (the data module's length); an
+  unknown length is an error, never a guess;
+* every rank runs the same steps: a batch whose samples were all dropped trains with a zero loss, and
+  idle projectors run zero-weighted, so DDP/FSDP collectives always match;
+* dropped samples are counted by reason over all ranks, logged at each epoch's end (metrics CSV:
+  ``data/*``) and stop the run past ``training.max_bad_fraction``;
+* each rank draws from its own random stream derived from ``training.seed`` and resumes its own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import pickle
+import random
+from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 
 from nextgpt.config import NextGPTConfig
-from nextgpt.errors import CheckpointError
+from nextgpt.errors import CheckpointError, ConfigError, InputError
+from nextgpt.stages.data.schema import DROP_REASONS
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +108,8 @@ class StageModule(L.LightningModule):
         self.model = model if model is not None else NextGPT(config)
         self.trainable_names = sorted(select_trainable(self.model, self.stage))
         self.strict_loading = False  # frozen parts are not in our checkpoints; we check keys ourselves
+        self.data_counts = DataCounts()
+        self._pending_rng = None
         n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.model.parameters())
         logger.info(
@@ -98,20 +120,36 @@ class StageModule(L.LightningModule):
             100 * n / total,
         )
 
+    # ------------------------------------------------------------------ distributed set-up
+
+    def configure_model(self) -> None:
+        """Shard the model under ``training.strategy=fsdp`` (Lightning calls this on every rank)."""
+        from nextgpt.stages.parallel import shard_model
+
+        if self._sharded() and not getattr(self, "_is_sharded", False):
+            shard_model(self.model, self.device_mesh["data_parallel"])
+            self._is_sharded = True
+
+    def on_fit_start(self) -> None:
+        # Per-rank random streams (dropout, Gumbel noise, worker seeds): identical noise on every rank
+        # would make the ranks' gradients correlated copies. A resumed run restores each rank's own
+        # state at its first batch (on_train_batch_start).
+        seed_rank(self.config.training.seed, self.global_rank)
+
     # ------------------------------------------------------------------ steps
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
         # Our Batch holds media objects (frozen dataclasses) Lightning's generic mover cannot copy.
-        return None if batch is None else batch.to(device)
+        return batch.to(device)
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
         model = self.model
         features = (
             batch.features
             if batch.features is not None
-            else {m: model.media_features(m, x) for m, x in batch.media.items()}
+            else {m: model.media_features(m, x) for m, x in (batch.media or {}).items()}
         )
-        media_tokens = model.project_slots(batch.slot_modalities, features)
+        media_tokens, idle = model.project_inputs(batch.slot_modalities, features, every_modality=True)
         targets = None
         if self.stage >= 2:
             targets = batch.targets if batch.targets is not None else self._caption_targets(batch)
@@ -125,7 +163,7 @@ class StageModule(L.LightningModule):
                 ]
                 for mods, vals in zip(batch.output_modalities, batch.output_media)
             ]
-        losses = model.compute_losses(
+        return model.compute_losses(
             batch.input_ids,
             batch.attention_mask,
             batch.labels,
@@ -135,8 +173,8 @@ class StageModule(L.LightningModule):
             lm_weight=training.lm_loss_weight,
             denoise_media=denoise,
             denoise_weight=training.denoising_loss_weight,
+            input_idle=idle,
         )
-        return losses
 
     def _caption_targets(self, batch) -> list[list[torch.Tensor | None]]:
         """Decoder conditioning of each output caption, computed online with the frozen text encoders
@@ -154,66 +192,134 @@ class StageModule(L.LightningModule):
                     out[r][i] = cond.to(self.device)
         return out
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
-        if batch is None:  # every sample of this batch was dropped (counted by the collator)
-            return None
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        self.data_counts.add(batch)
+        # A batch whose samples were all dropped still runs (one unlabelled row: a zero loss whose graph
+        # reaches every trainable tensor), so that every rank takes the same steps.
         losses = self(batch)
-        B = batch.input_ids.shape[0]
-        for k, v in losses.items():
-            if k != "loss" and v.ndim == 0:
-                self.log(f"train/{k}", v.float(), batch_size=B, on_step=True, prog_bar=k == "lm_loss")
-        self.log("train/loss", losses["loss"], batch_size=B, on_step=True, prog_bar=True)
+        if not batch.is_empty:
+            B = batch.input_ids.shape[0]
+            for k, v in losses.items():
+                if k != "loss" and v.ndim == 0:
+                    self.log(f"train/{k}", v.float(), batch_size=B, on_step=True, prog_bar=k == "lm_loss")
+            self.log("train/loss", losses["loss"], batch_size=B, on_step=True, prog_bar=True)
         if batch.skipped:
-            self.log(
-                "train/skipped_samples", float(batch.skipped), batch_size=B, on_step=True, reduce_fx="sum"
-            )
+            self.log("train/skipped_samples", float(batch.skipped), on_step=True, reduce_fx="sum")
         return losses["loss"]
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        if batch is None:
-            return
         losses = self(batch)
-        self.log("val/loss", losses["loss"], batch_size=batch.input_ids.shape[0], sync_dist=True)
+        if not batch.is_empty:
+            self.log("val/loss", losses["loss"], batch_size=batch.input_ids.shape[0], sync_dist=True)
+
+    # ------------------------------------------------------------------ dropped samples
+
+    def _global_counts(self, vector: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks (a collective: every rank calls it at the same point)."""
+        if self.trainer.world_size > 1:
+            vector = self.trainer.strategy.reduce(vector.to(self.device), reduce_op="sum")
+        return vector.cpu()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        totals = self._global_counts(self.data_counts.totals())
+        self._check_dropped(int(totals[0]), int(totals[1]), None)
+
+    def on_train_epoch_end(self) -> None:
+        counts = self._global_counts(self.data_counts.by_reason())
+        seen, per_reason = int(counts[0]), dict(zip(DROP_REASONS, counts[1:].tolist()))
+        dropped = sum(per_reason.values())
+        self.log("data/seen", float(seen), on_epoch=True, rank_zero_only=True)
+        self.log("data/dropped", float(dropped), on_epoch=True, rank_zero_only=True)
+        self.log("data/dropped_fraction", dropped / max(seen, 1), on_epoch=True, rank_zero_only=True)
+        for reason, n in per_reason.items():
+            self.log(f"data/dropped_{reason}", float(n), on_epoch=True, rank_zero_only=True)
+        if self.global_rank == 0:
+            detail = ", ".join(f"{r} {int(n)}" for r, n in per_reason.items() if n) or "none"
+            logger.info(
+                "stage %d epoch %d: %d samples, %d dropped (%.2f%%): %s",
+                self.stage,
+                self.current_epoch,
+                seen,
+                dropped,
+                100 * dropped / max(seen, 1),
+                detail,
+            )
+        self._check_dropped(seen, dropped, per_reason)
+        self.data_counts = DataCounts()
+
+    def _check_dropped(self, seen: int, dropped: int, per_reason: dict | None) -> None:
+        t = self.config.training
+        if seen < max(1, t.min_samples_before_check) or dropped / seen <= t.max_bad_fraction:
+            return
+        if per_reason is None:
+            counts = self._global_counts(self.data_counts.by_reason())
+            per_reason = dict(zip(DROP_REASONS, counts[1:].tolist()))
+        detail = ", ".join(f"{r} {int(n)}" for r, n in per_reason.items() if n)
+        raise InputError(
+            f"stage {self.stage}: {dropped} of {seen} samples dropped ({dropped / seen:.1%}), above "
+            f"training.max_bad_fraction={t.max_bad_fraction:.1%} (by reason: {detail}; the warnings above "
+            "name the samples); fix the data or raise training.max_bad_fraction"
+        )
 
     # ------------------------------------------------------------------ optimisation
+
+    def _sharded(self) -> bool:
+        from nextgpt.stages.parallel import is_sharded
+
+        return self._trainer is not None and is_sharded(self.trainer.strategy)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self._sharded():  # the unsharded trainable tensors: average their gradients over the ranks
+            from nextgpt.stages.parallel import all_reduce_replicated_grads
+
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            all_reduce_replicated_grads(params, self.trainer.world_size)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        if self._sharded() and gradient_clip_val:
+            from nextgpt.stages.parallel import clip_grad_norm
+
+            clip_grad_norm([p for g in optimizer.param_groups for p in g["params"]], gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
         cfg = self.stage_cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
+        wrong = sorted({str(p.dtype) for p in params if p.dtype != torch.float32})
+        if wrong:
+            raise ConfigError(
+                f"trainable parameters must be float32 master weights, found {', '.join(wrong)}"
+            )
         kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-        if torch.cuda.is_available():
+        if fused_allowed(params, self.config.training):
             kwargs["fused"] = True
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         optimizer = opt_cls(params, **kwargs)
         total = self._total_steps()
         warmup = int(round(cfg.warmup_ratio * total))
-
-        def factor(step: int) -> float:
-            if cfg.schedule == "constant":
-                return min(1.0, (step + 1) / warmup) if warmup else 1.0
-            if warmup and step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            if cfg.schedule == "cosine":
-                return 0.5 * (1.0 + math.cos(math.pi * progress))
-            return max(0.0, 1.0 - progress)  # linear
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        logger.info(
+            "stage %d: %d optimiser steps (%d warm-up), %s schedule", self.stage, total, warmup, cfg.schedule
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.schedule, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _total_steps(self) -> int:
-        trainer = self.trainer
-        if trainer.max_steps and trainer.max_steps > 0:
-            return int(trainer.max_steps)
-        steps = trainer.estimated_stepping_batches
-        if math.isfinite(steps):
-            return int(steps)
-        return 1000  # unknown length and no max_steps: the schedule only shapes warmup/decay
+        """Optimiser steps of the run: the epochs' exact length (capped by ``max_steps``)."""
+        steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(steps) or steps <= 0:
+            raise ConfigError(
+                "the length of the training run is unknown (the data loader has no length), so the LR "
+                "schedule cannot be laid out; set training.max_steps"
+            )
+        return int(steps)
 
     # ------------------------------------------------------------------ lean checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["nextgpt_rng"] = _rng_state()
+        # Called on every rank before rank 0 writes: gather every rank's random state and counts.
+        checkpoint["nextgpt_rng"] = self._all_ranks(_rng_state())
+        checkpoint["nextgpt_data_counts"] = self._all_ranks(self.data_counts.by_reason())
         trainable = set(self.trainable_names)
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if k.removeprefix("model.") in trainable
@@ -221,46 +327,158 @@ class StageModule(L.LightningModule):
         checkpoint["nextgpt_config"] = self.config.to_dict()
         checkpoint["nextgpt_stage"] = self.stage
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
+    def _all_ranks(self, obj) -> list:
+        if self.trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return [obj]
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, obj)
+        return gathered
+
+    def check_checkpoint(self, checkpoint: dict) -> None:
+        """Strict accounting of a training checkpoint against this run (stage, trainable keys)."""
         from nextgpt.checkpoint import check_keys
 
-        own = {
-            f"model.{k}": p.shape for k, p in self.model.named_parameters() if k in set(self.trainable_names)
-        }
         if checkpoint.get("nextgpt_stage", self.stage) != self.stage:
             raise CheckpointError(
                 f"checkpoint is from stage {checkpoint.get('nextgpt_stage')}, this run is stage {self.stage}"
             )
+        names = set(self.trainable_names)
+        own = {f"model.{k}": p.shape for k, p in self.model.named_parameters() if k in names}
         check_keys(own, checkpoint["state_dict"], what="training checkpoint")
-        self._pending_rng = checkpoint.get("nextgpt_rng")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.check_checkpoint(checkpoint)
+        rank, world = self.global_rank, self.trainer.world_size if self._trainer is not None else 1
+        rngs = checkpoint.get("nextgpt_rng") or []
+        counts = checkpoint.get("nextgpt_data_counts") or []
+        if len(rngs) == world:
+            self._pending_rng = rngs[rank]
+        else:
+            logger.warning(
+                "checkpoint holds the random state of %d rank(s), this run has %d: ranks start fresh streams",
+                len(rngs),
+                world,
+            )
+        if len(counts) == world:
+            self.data_counts = DataCounts.from_vector(counts[rank])
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Restore the random state where the interrupted run left it, at the first batch after the
         # restart (after the data loader was rebuilt), so stochastic layers (Gumbel noise, dropout)
         # draw what they would have drawn without the interruption.
-        if getattr(self, "_pending_rng", None) is not None:
+        if self._pending_rng is not None:
             _set_rng_state(self._pending_rng)
             self._pending_rng = None
 
 
+class DataCounts:
+    """Samples seen and dropped (by reason) on this rank since the epoch began."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
+
+    def add(self, batch) -> None:
+        self.seen += batch.num_samples
+        for reason, n in batch.drops.items():
+            self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+    def totals(self) -> torch.Tensor:
+        return torch.tensor([self.seen, sum(self.dropped.values())], dtype=torch.float64)
+
+    def by_reason(self) -> torch.Tensor:
+        """``[seen, dropped per reason in DROP_REASONS order]`` (float64, exact for counts < 2**53)."""
+        return torch.tensor([self.seen, *(self.dropped.get(r, 0) for r in DROP_REASONS)], dtype=torch.float64)
+
+    @classmethod
+    def from_vector(cls, vector: torch.Tensor) -> DataCounts:
+        out = cls()
+        values = [int(v) for v in vector.tolist()]
+        out.seen, out.dropped = values[0], dict(zip(DROP_REASONS, values[1:]))
+        return out
+
+
+def lr_factor(schedule: str, warmup: int, total: int):
+    """``step -> LR multiplier``: linear warm-up over ``warmup`` steps, then constant, cosine or linear
+    decay reaching 0 at step ``total`` (the step after the last optimiser step)."""
+
+    def factor(step: int) -> float:
+        if schedule == "constant":
+            return min(1.0, (step + 1) / warmup) if warmup else 1.0
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return max(0.0, 1.0 - progress)  # linear
+
+    return factor
+
+
+def fused_allowed(params, training) -> bool:
+    """Fused Adam where it is legal: every parameter on CUDA, and not ``16-mixed`` with gradient
+    clipping (the fused step unscales inside the optimiser, so Lightning cannot clip unscaled
+    gradients first and refuses the combination)."""
+    if not params or not all(p.device.type == "cuda" for p in params):
+        return False
+    return not (training.precision == "16-mixed" and training.gradient_clip_val)
+
+
+# ------------------------------------------------------------------ random state
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A 32-bit seed for ``rank`` derived from ``seed`` (different ranks, unrelated streams)."""
+    return int.from_bytes(hashlib.sha256(f"nextgpt:{seed}:{rank}".encode()).digest()[:4], "little")
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    s = rank_seed(seed, rank)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)  # CPU and every CUDA device
+
+
 def _rng_state() -> dict:
-    import random
-
-    import numpy as np
-
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """This process's random state, in tensors and plain containers (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict) -> None:
-    import random
-
-    import numpy as np
-
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------ safe checkpoint reading
+
+
+def safe_load_checkpoint(path: str | Path) -> dict:
+    """Read a training checkpoint with ``torch.load(weights_only=True)``: tensors and plain containers
+    only, so a replaced ``last.ckpt`` cannot run code.
+
+    Raises:
+        CheckpointError: the file is not a checkpoint, or holds objects other than tensors/containers.
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refusing to load training checkpoint '{path}': it holds objects other than tensors and plain "
+            f"containers (a checkpoint nextgpt wrote never does; it may have been replaced): {exc}"
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"cannot read training checkpoint '{path}': {exc}") from None

@@ -21,21 +21,13 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from nextgpt.config import NextGPTConfig, resolve_path
-from nextgpt.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-_STRATEGIES = {
-    "auto": "auto",
-    "ddp": "ddp_find_unused_parameters_true",  # a batch may lack a modality: its projector gets no grad
-    "fsdp": "fsdp",
-    "deepspeed_stage_2": "deepspeed_stage_2",
-}
-
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write checkpoints to a temporary file and rename it into place: a crash mid-save leaves the
-    previous checkpoint intact."""
+    """Write checkpoints to a temporary file and rename it into place (a crash mid-save leaves the
+    previous checkpoint intact); read them without unpickling arbitrary objects."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
@@ -45,8 +37,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
-        # Our checkpoints hold tensors, plain containers, the config dict and Lightning's loop state.
-        return torch.load(path, map_location=map_location or "cpu", weights_only=False)
+        from nextgpt.stages.modules import safe_load_checkpoint
+
+        return safe_load_checkpoint(path)
 
 
 def stage_config(
@@ -64,16 +57,29 @@ def stage_config(
     return base.with_overrides([*overrides, f"training.stage={stage}"])
 
 
+def precision_settings(precision: str, accelerator: str) -> tuple[str | None, list]:
+    """``(precision, plugins)`` for the Trainer. Lightning turns ``16-mixed`` on the CPU into
+    ``bf16-mixed`` (with a warning); a CPU run asked for fp16 gets it: fp16 autocast with
+    ``torch.amp.GradScaler("cpu")``, the path a GPU run takes, through an explicit plugin."""
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if precision == "16-mixed" and on_cpu:
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        return None, [MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))]
+    return precision, []
+
+
 def build_trainer(
     cfg: NextGPTConfig, run_dir: Path, *, max_steps: int | None = None, callbacks=(), **kwargs
 ) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from nextgpt.stages.parallel import build_strategy
+
     t = cfg.training
     stage_cfg = t.stage_config(t.stage)
-    if t.strategy not in _STRATEGIES:
-        raise ConfigError(f"training.strategy: unknown {t.strategy!r}; valid: {', '.join(_STRATEGIES)}")
+    strategy = build_strategy(t.strategy, devices=t.devices, num_nodes=t.num_nodes, accelerator=t.accelerator)
     # One CSV per attempt (logs/version_N/metrics.csv): a resumed run appends a new version.
     loggers = [CSVLogger(run_dir, name="logs")]
     try:
@@ -90,12 +96,13 @@ def build_trainer(
         every_n_train_steps=t.checkpoint_every_n_steps,
     )
     steps = max_steps if max_steps is not None else (t.max_steps if t.max_steps is not None else -1)
+    precision, plugins = precision_settings(t.precision, t.accelerator)
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=_STRATEGIES[t.strategy],
-        precision=t.precision,
+        strategy=strategy,
+        precision=precision,
         max_epochs=stage_cfg.epochs,
         max_steps=steps,
         accumulate_grad_batches=t.accumulate_grad_batches,
@@ -103,7 +110,7 @@ def build_trainer(
         log_every_n_steps=t.log_every_n_steps,
         logger=loggers,
         callbacks=[ckpt, *callbacks],
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *plugins],
         default_root_dir=run_dir,
         num_sanity_val_steps=0,
         **kwargs,
@@ -128,6 +135,7 @@ def train(
     from nextgpt.stages.cache import open_caches
     from nextgpt.stages.datamodule import NextGPTDataModule
     from nextgpt.stages.modules import StageModule
+    from nextgpt.stages.parallel import gathered_trainable_state, is_sharded
 
     root = Path(out) if out is not None else None
     if (
@@ -152,16 +160,19 @@ def train(
             read_state_dict(Path(init_from) / "trainable.safetensors"), what=f"previous stage '{init_from}'"
         )
     module = StageModule(cfg, stage, model)
-    feature_cache, caption_cache = open_caches(cfg, stage, model)
-    dm = NextGPTDataModule(
-        cfg, stage, model.processor, data, feature_cache=feature_cache, caption_cache=caption_cache
-    )
+    dm = NextGPTDataModule(cfg, stage, model.processor, data)
+    shards = dm.shards()  # a missing dataset is an error before anything else runs
+    # A cache that does not cover every shard of this stage is an error here, before step 1.
+    dm.feature_cache, dm.caption_cache = open_caches(cfg, stage, model, dm.data_dir, shards)
     trainer = build_trainer(cfg, run_dir, max_steps=max_steps, callbacks=callbacks, **(trainer_kwargs or {}))
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if resume and last.is_file() else None
     if ckpt_path:
         logger.info("resuming stage %d from %s", stage, ckpt_path)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    state = None
+    if is_sharded(trainer.strategy):  # gather the shards (a collective: every rank takes part)
+        state = gathered_trainable_state(model)
     if trainer.global_rank == 0:
-        model.save_pretrained(run_dir / "model")
+        model.save_pretrained(run_dir / "model", state=state)
     return run_dir / "model"

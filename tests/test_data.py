@@ -307,16 +307,42 @@ def test_each_sample_once_across_workers_and_ranks(tmp_path, n_shards, split):
     assert 0 < len(half) < 24
 
 
-def test_balanced_lengths_for_ddp(tmp_path):
-    recs = [text_conversation(i) for i in range(7)]
-    # balanced: every (rank, worker) yields the same number of samples, even from uneven shards
-    uneven = write_samples(tmp_path, recs, prefix="u", max_count_per_shard=2)  # 2+2+2+1
-    per_rank = [
-        len(list(ShardDataset(uneven, 3, rank=r, world_size=3, split="shard", balanced=True)))
-        for r in range(3)
-    ]
-    assert per_rank == [2, 2, 2]  # shards 2+2+2+1 over 3 ranks: 3, 2, 2 -> 2 each
-    assert len(list(ShardDataset(uneven, 3, rank=0, world_size=2, split="sample", balanced=True))) == 3
+@pytest.mark.parametrize("world, workers", [(3, 0), (2, 2)])
+def test_balanced_reading_is_exact_and_loses_nothing(tmp_path, world, workers):
+    """Balanced (training) reading: every (rank, worker) yields exactly ceil(N / G) items; every good
+    sample arrives once, bad ones as DroppedSample("decode") in their place, and the few workers with
+    a shorter range add padding. The loader's batch count is known before reading (the LR schedule's
+    length) and equals what it yields."""
+    from nextgpt.stages.data import DroppedSample, collate_samples
+
+    uneven = write_samples(
+        tmp_path / "u", [text_conversation(i) for i in range(7)], prefix="u", max_count_per_shard=2
+    )  # 2 + 2 + 2 + 1
+    urls = [*map(str, uneven), str(_corrupt_shard(tmp_path))]  # + 4 good, 3 bad: N = 14
+    total = world * max(1, workers)
+    quota = -(-14 // total)
+    good, dropped, padding, batches = [], [], 0, []
+    for rank in range(world):
+        ds = ShardDataset(urls, 3, rank=rank, world_size=world, balanced=True, shuffle=3, seed=5)
+        assert ds.num_samples() == 14 and ds.items_per_worker(total) == quota
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=2, num_workers=workers, collate_fn=collate_samples
+        )
+        got = list(loader)
+        assert len(got) == ds.batches_per_rank(2, workers)  # exact, known up front
+        batches.append(len(got))
+        for item in (x for b in got for x in b):
+            if isinstance(item, DroppedSample):
+                padding += item.is_padding
+                if not item.is_padding:
+                    assert item.reason == "decode" and item.detail
+                    dropped.append(item.key)
+            else:
+                good.append(item.id)
+    assert len(set(batches)) == 1  # every rank runs the same number of steps
+    assert sorted(good) == sorted([f"conv{i}" for i in range(7)] + [f"conv{i}" for i in range(4)])
+    assert sorted(dropped) == ["bad_jpg", "bad_json", "bad_ref"]
+    assert padding == total * quota - 14
 
 
 def test_deterministic_order_epochs_skip_and_collate(tmp_path):

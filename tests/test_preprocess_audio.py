@@ -89,7 +89,10 @@ def test_pipeline_parity_synthetic(refs, tmp_path, name):
     out = preprocess_audio(path)
     assert out.shape == (3, 1, 128, 204) and out.dtype == torch.float32
     torch.testing.assert_close(
-        out[:, 0, ::4, ::4], torch.from_numpy(refs[f"audio_{name}_strided"]), atol=PIPELINE_ATOL, rtol=PIPELINE_RTOL
+        out[:, 0, ::4, ::4],
+        torch.from_numpy(refs[f"audio_{name}_strided"]),
+        atol=PIPELINE_ATOL,
+        rtol=PIPELINE_RTOL,
     )
     flat = out.reshape(3, -1)
     stats = torch.stack([flat.mean(1), flat.std(1), flat.amin(1), flat.amax(1)], 1)
@@ -130,7 +133,9 @@ def test_in_place_mean_quirk_is_reproduced(refs):
         fb = kaldi_fbank(clip - clip.mean(), 16000).T
         naive.append(F.pad(fb, (0, 204 - fb.shape[1]))[None] if fb.shape[1] < 204 else fb[None, :, :204])
     naive = (torch.stack(naive) - AUDIO_MEAN) / AUDIO_STD
-    torch.testing.assert_close(naive[0], ref[0], atol=PIPELINE_ATOL, rtol=PIPELINE_RTOL)  # clip 0 sees no earlier edit
+    torch.testing.assert_close(
+        naive[0], ref[0], atol=PIPELINE_ATOL, rtol=PIPELINE_RTOL
+    )  # clip 0 sees no earlier edit
     assert (naive[1:] - ref[1:]).abs().amax() > 0.1
 
 

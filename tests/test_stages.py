@@ -235,43 +235,6 @@ def test_cached_features_give_the_same_losses(demo_data: Path, tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_two_process_ddp_on_cpu(demo_data: Path, tmp_path: Path) -> None:
-    """`nextgpt train` with strategy ddp, 2 CPU processes (gloo), through the real launcher."""
-    import subprocess
-    import sys
-
-    cmd = [
-        sys.executable,
-        "-m",
-        "nextgpt.cli",
-        "train",
-        "--stage",
-        "1",
-        "--preset",
-        "tiny",
-        "--data",
-        str(demo_data),
-        "--out",
-        str(tmp_path),
-        *[
-            f"--override={o}"
-            for o in [
-                *FAST,
-                "training.strategy=ddp",
-                "training.devices=2",
-                "training.accelerator=cpu",
-                "training.max_steps=3",
-            ]
-        ],
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in res.stdout + res.stderr
-    assert len(_losses(tmp_path / "stage1")) == 3
-    assert (tmp_path / "stage1" / "model" / "trainable.safetensors").is_file()
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
 def test_denoising_loss_by_config(stage: int, demo_data: Path, tmp_path: Path) -> None:
     """training.denoising_loss=true adds the latent denoising loss through the frozen UNets."""

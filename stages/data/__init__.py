@@ -5,9 +5,12 @@ from .convert import FORMATS, ConvertReport, convert
 from .demo import build_demo_dataset
 from .schema import (
     CONVERSATION,
+    DROP_REASONS,
+    PADDING,
     PAIR,
     STAGE1_PROMPT,
     ConversationRecord,
+    DroppedSample,
     MediaBlob,
     PairRecord,
     RecordTurn,
@@ -33,6 +36,9 @@ from .shards import (
 
 __all__ = [
     "CONVERSATION",
+    "DROP_REASONS",
+    "PADDING",
+    "DroppedSample",
     "FORMATS",
     "PAIR",
     "STAGE1_PROMPT",

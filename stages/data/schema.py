@@ -101,6 +101,35 @@ def check_stage(stage: int) -> int:
 # --------------------------------------------------------------------------------------------------
 # decoded samples (what the reader yields)
 
+#: Why a sample was not trained on (the slugs the training loop counts and logs): the shard member
+#: could not be read or decoded; media preprocessing failed; the feature cache has no entry; longer
+#: than ``max_length`` under ``training.overlength: skip``; nothing left to learn after truncation;
+#: the template/tokenizer refused the text.
+DROP_REASONS = ("decode", "preprocess", "cache_miss", "overlength", "no_target", "template")
+#: Not a sample: filler that gives every rank and worker the same number of items (never counted bad).
+PADDING = "padding"
+
+
+@dataclass(frozen=True)
+class DroppedSample:
+    """Stands in for a raw sample that cannot be used, so that balanced readers keep their exact length.
+
+    Attributes:
+        key: the sample key (or ``<shard>#<index>`` when the shard ended early).
+        url: the shard.
+        reason: one of :data:`DROP_REASONS`, or :data:`PADDING`.
+        detail: the human-readable cause (logged).
+    """
+
+    key: str
+    url: str
+    reason: str
+    detail: str = ""
+
+    @property
+    def is_padding(self) -> bool:
+        return self.reason == PADDING
+
 
 @dataclass
 class Sample:

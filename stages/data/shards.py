@@ -54,9 +54,11 @@ from nextgpt.processor import MediaItem, Turn
 
 from .schema import (
     CONVERSATION,
+    PADDING,
     PAIR,
     BadSample,
     ConversationRecord,
+    DroppedSample,
     PairRecord,
     Sample,
     check_stage,
@@ -420,26 +422,42 @@ def iter_raw(url: str) -> Iterator[dict]:
         }
 
 
+def _count_local_tar(url: str) -> int:
+    """Samples in a local uncompressed tar, from its headers (``tarfile`` seeks over member data).
+
+    The count equals what :func:`iter_raw` yields for the file: the same key grouping and skipped
+    names; a truncated or corrupt archive falls back to reading it (its readable samples plus the one
+    error item :func:`iter_raw` ends with)."""
+    size = os.path.getsize(url)
+    try:
+        n, last = 0, None
+        with tarfile.open(url, mode="r:") as tar:
+            for info in tar:
+                if not info.isreg():
+                    continue
+                key, _ = _split_name(info.name)
+                if key is None or (key.startswith("__") and key.endswith("__")):
+                    continue
+                if key != last:
+                    n, last = n + 1, key
+            if size < tar.offset + 2 * tarfile.BLOCKSIZE:
+                raise tarfile.ReadError("the archive ends before its end-of-archive blocks")
+        return n
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        logger.warning("shard %s cannot be listed (%s): counting it by reading", url, exc)
+        return sum(1 for _ in iter_raw(url))
+
+
 def count_samples(urls, *, per_shard: bool = False) -> int | dict[str, int]:
-    """Number of raw samples (distinct consecutive keys) in the shards, read from tar headers only for
-    local uncompressed shards. Bad samples are included in the count."""
+    """Number of raw items :func:`iter_raw` yields for the shards (samples, bad ones included, plus one
+    error item for a corrupt or truncated shard). Local uncompressed shards are counted from their tar
+    headers; others are read."""
     counts: dict[str, int] = {}
     for url in expand_urls(urls):
-        n, last = 0, None
         if not _is_remote(url) and url.endswith(".tar"):
-            try:
-                with tarfile.open(url, mode="r:") as tar:
-                    names = [m.name for m in tar.getmembers() if m.isreg()]
-            except (tarfile.TarError, OSError) as exc:
-                logger.warning("cannot list shard %s: %s", url, exc)
-                names = []
-            for name in names:
-                key, _ = _split_name(name)
-                if key is not None and key != last:
-                    n, last = n + 1, key
+            counts[url] = _count_local_tar(url)
         else:
-            n = sum(1 for s in iter_raw(url) if "__error__" not in s)
-        counts[url] = n
+            counts[url] = sum(1 for _ in iter_raw(url))
     return counts if per_shard else sum(counts.values())
 
 
@@ -570,9 +588,14 @@ class ShardDataset(IterableDataset):
         epoch: the epoch (changes the shuffles); see :meth:`set_epoch`.
         skip: samples each worker drops at the start of the epoch (resume inside an epoch).
         max_samples_per_worker: stop each worker after this many samples.
-        balanced: cap every worker at the smallest raw-sample count any global worker gets this epoch,
-            so that all ranks run the same number of steps under DDP (counts come from the tar headers,
-            read once here; bad samples still shorten a worker, so keep them rare).
+        balanced: exact, equal-length reading for training (DDP/FSDP need every rank to run the same
+            number of steps, and the LR schedule needs the epoch's length). The epoch's samples (shard
+            counts from the tar headers, read once here) are split into contiguous ranges, one per
+            global worker, differing by at most one sample; every worker yields exactly
+            :meth:`items_per_worker` items: a sample that cannot be used is yielded as a
+            :class:`~.schema.DroppedSample` (never skipped), and a worker whose range is one sample
+            shorter adds one padding item. Nothing is lost and the bad-sample checks are left to the
+            caller (the training loop counts drops over all ranks). ``split`` is ignored.
         decode_output_media: decode the media of assistant turns (off: ``value=None``, only captions).
         max_video_frames: subsample decoded videos to at most this many frames (``None``: all).
         clean_output_captions: clean output captions like the LM targets (default: raw captions).
@@ -621,6 +644,7 @@ class ShardDataset(IterableDataset):
         self.epoch = int(epoch)
         self.skip = int(skip)
         self.max_samples_per_worker = max_samples_per_worker
+        self.balanced = bool(balanced)
         self.shard_counts: dict[str, int] | None = (
             count_samples(self.urls, per_shard=True) if balanced else None
         )
@@ -651,22 +675,80 @@ class ShardDataset(IterableDataset):
         urls = list(self.urls)
         if self.shuffle > 0:
             random.Random(f"shards:{self.seed}:{self.epoch}").shuffle(urls)
-        mode = self.split
+        mode = "range" if self.balanced else self.split
         if mode == "auto":
             mode = "shard" if len(urls) >= total else "sample"
         return mode, urls
 
-    def balanced_length(self, total: int) -> int:
-        """The smallest number of raw samples any of ``total`` global workers gets this epoch."""
+    def num_samples(self) -> int:
+        """Raw samples in the shards (what one epoch of a balanced reader covers)."""
         if self.shard_counts is None:
             self.shard_counts = count_samples(self.urls, per_shard=True)
-        mode, urls = self._plan(total)
-        if mode == "sample":
-            return sum(self.shard_counts[u] for u in urls) // total
-        return min(sum(self.shard_counts[u] for u in urls[g::total]) for g in range(total))
+        return sum(self.shard_counts.values())
+
+    def items_per_worker(self, total: int) -> int:
+        """Items every one of ``total`` global workers yields per epoch when ``balanced``:
+        ``ceil(num_samples / total)`` (capped by ``max_samples_per_worker``)."""
+        quota = -(-self.num_samples() // total)
+        if self.max_samples_per_worker is not None:
+            quota = min(quota, int(self.max_samples_per_worker))
+        return max(0, quota)
+
+    def batches_per_rank(self, batch_size: int, num_workers: int) -> int:
+        """Batches one rank's DataLoader yields per epoch when ``balanced``: each of its
+        ``max(1, num_workers)`` workers makes ``ceil(items_per_worker / batch_size)`` batches."""
+        rank, world = (self.rank, self.world_size) if self.rank is not None else _dist_info()
+        nw = max(1, int(num_workers))
+        return nw * -(-self.items_per_worker(world * nw) // int(batch_size))
+
+    def balanced_length(self, total: int) -> int:
+        """Items each of ``total`` global workers yields per epoch (see :meth:`items_per_worker`)."""
+        return self.items_per_worker(total)
+
+    def _range_raw(self, g: int, total: int, urls: list[str]) -> Iterator[dict]:
+        """Worker ``g``'s contiguous range of the epoch's sample sequence, padded to the quota.
+
+        The range is ``[g * N // total, (g + 1) * N // total)``; shards overlapping it are read from
+        their start and cut at the range end. A shard that ends early (changed or broken since it was
+        counted) is filled with error items, so the worker's length never changes."""
+        counts = self.shard_counts if self.shard_counts is not None else {}
+        n = self.num_samples()
+        lo, hi = g * n // total, (g + 1) * n // total
+        quota = self.items_per_worker(total)
+        emitted, offset = 0, 0
+        for url in urls:
+            c = counts[url]
+            a, b = max(lo, offset) - offset, min(hi, offset + c) - offset  # local [a, b) of this shard
+            offset += c
+            if a >= b:
+                continue
+            i, reason = 0, "shard ended before its counted samples"
+            for raw in iter_raw(url):
+                if "__error__" in raw and raw["__key__"].startswith(f"{url}#"):
+                    reason = raw["__error__"]  # a read error ends the shard: fill the rest below
+                    if i >= a:
+                        break
+                if i >= b or emitted >= quota:
+                    break
+                if i >= a:
+                    yield raw
+                    emitted += 1
+                i += 1
+            while i < b and emitted < quota:  # the shard ended early
+                if i >= a:
+                    yield {"__key__": f"{url}#{i}", "__url__": url, "__error__": reason}
+                    emitted += 1
+                i += 1
+            if emitted >= quota:
+                return
+        for k in range(quota - emitted):  # one sample fewer than the longest range: pad
+            yield {"__key__": f"__padding__{g}_{k}", "__url__": "", "__padding__": True}
 
     def _raw(self, g: int, total: int) -> Iterator[dict]:
         mode, urls = self._plan(total)
+        if mode == "range":
+            yield from self._range_raw(g, total, urls)
+            return
         if mode == "shard":
             for url in urls[g::total]:
                 yield from iter_raw(url)
@@ -678,38 +760,27 @@ class ShardDataset(IterableDataset):
                     yield raw
                 i += 1
 
-    def __iter__(self) -> Iterator[Sample]:
+    def __iter__(self) -> Iterator[Sample | DroppedSample]:
         self.stats = DataStats()
         return self._iterate(self.stats)
 
-    def _iterate(self, stats: DataStats) -> Iterator[Sample]:
+    def _iterate(self, stats: DataStats) -> Iterator[Sample | DroppedSample]:
         g, total = self.worker_position()
         raws = self._raw(g, total)
         if self.shuffle > 0:
             raws = _shuffled(
                 raws, self.shuffle, random.Random(f"samples:{self.seed}:{self.epoch}:{g}:{total}")
             )
+        if self.balanced:
+            yield from self._iterate_balanced(raws, stats)
+            return
         cap = self.max_samples_per_worker
-        if self.shard_counts is not None:  # balanced
-            even = self.balanced_length(total)
-            cap = even if cap is None else min(cap, even)
         if cap is not None and cap <= 0:
             return
         yielded = skipped = 0
         for raw in raws:
             stats.seen += 1
-            try:
-                sample = decode_sample(
-                    raw,
-                    self.stage,
-                    decode_output_media=self.decode_output_media,
-                    max_video_frames=self.max_video_frames,
-                    clean_output_captions=self.clean_output_captions,
-                )
-            except BadSample as exc:
-                sample = None
-                stats.record_bad(raw["__key__"], str(exc))
-                logger.warning("skipping sample %s (%s): %s", raw["__key__"], raw.get("__url__", ""), exc)
+            sample = self._decode(raw, stats)
             self._check(stats)
             if sample is None:
                 continue
@@ -727,6 +798,37 @@ class ShardDataset(IterableDataset):
                 f"none of the {stats.seen} samples read by this worker could be used; "
                 f"first bad keys: {', '.join(stats.bad_keys[:5])}; reasons: {dict(stats.reasons)}"
             )
+
+    def _iterate_balanced(self, raws: Iterator[dict], stats: DataStats) -> Iterator[Sample | DroppedSample]:
+        """One item per raw item: the sample, or a :class:`DroppedSample` saying why not."""
+        for raw in raws:
+            if raw.get("__padding__"):
+                yield DroppedSample(raw["__key__"], "", PADDING)
+                continue
+            stats.seen += 1
+            detail = []
+            sample = self._decode(raw, stats, detail)
+            yield (
+                sample
+                if sample is not None
+                else DroppedSample(raw["__key__"], raw.get("__url__", ""), "decode", detail[0])
+            )
+
+    def _decode(self, raw: dict, stats: DataStats, detail: list[str] | None = None) -> Sample | None:
+        try:
+            return decode_sample(
+                raw,
+                self.stage,
+                decode_output_media=self.decode_output_media,
+                max_video_frames=self.max_video_frames,
+                clean_output_captions=self.clean_output_captions,
+            )
+        except BadSample as exc:
+            stats.record_bad(raw["__key__"], str(exc))
+            logger.warning("skipping sample %s (%s): %s", raw["__key__"], raw.get("__url__", ""), exc)
+            if detail is not None:
+                detail.append(str(exc))
+            return None
 
     def _check(self, stats: DataStats) -> None:
         if stats.seen < self.min_samples_before_check or stats.bad_fraction <= self.max_bad_fraction:
