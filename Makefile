@@ -13,7 +13,7 @@ OUT ?= runs/$(PRESET)
 OVERRIDES ?=
 STAGE_PRESET ?= tiny
 
-.PHONY: install test lint demo help data-demo stage1 stage2 stage3 serve
+.PHONY: install test lint demo help data-demo stage1 stage2 stage3 serve gpu-check
 
 help:
 	@echo "make install   install nextgpt (editable) + test tools into the active Python ($(PYTHON))"
@@ -23,6 +23,7 @@ help:
 	@echo "make data-demo build the small real demo dataset into DATA=$(DATA)"
 	@echo "make stage1|stage2|stage3  train a stage: PRESET= (default tiny) DATA= OUT= OVERRIDES='k=v ...'"
 	@echo "make serve     web chat demo on 127.0.0.1 (PRESET=$(PRESET))"
+	@echo "make gpu-check on a CUDA machine: one step of every stage of both 7B presets, DDP, generate (true shapes)"
 
 install:
 	$(PIP) install --upgrade "pip>=23" "setuptools>=64" wheel
@@ -50,3 +51,8 @@ stage1 stage2 stage3:
 
 serve:
 	$(PYTHON) -m nextgpt.cli serve --preset $(PRESET)
+
+# On a CUDA machine: the real run's shapes with random weights (bench/gpu_check.py); < 10 min on one H100.
+GPU_CHECK_JSON ?= runs/gpu_check.json
+gpu-check:
+	$(PYTHON) bench/gpu_check.py --size full --device cuda --json $(GPU_CHECK_JSON)

@@ -430,12 +430,15 @@ def model_overrides(size: str, dtypes: Dtypes, *, audio_seconds: float | None = 
     return ov
 
 
-def build_config(size: str, dtypes: Dtypes, extra: dict[str, Any] | None = None, **kw):
+def build_config(
+    size: str, dtypes: Dtypes, extra: dict[str, Any] | None = None, *, preset: str = "nextgpt-7b", **kw
+):
+    """The ``preset`` (``nextgpt-7b`` or ``nextgpt-7b-legacy``: their structure) at ``size``."""
     from nextgpt import NextGPTConfig
 
     ov = model_overrides(size, dtypes, **kw)
     ov.update(extra or {})
-    return NextGPTConfig.from_preset("nextgpt-7b").with_overrides(ov)
+    return NextGPTConfig.from_preset(preset).with_overrides(ov)
 
 
 def build_model(
@@ -445,13 +448,14 @@ def build_model(
     *,
     extra: dict[str, Any] | None = None,
     audio_seconds: float | None = None,
+    preset: str = "nextgpt-7b",
 ):
     """``NextGPT`` of the given size on ``device`` with real-shaped random decoders installed."""
     import logging
 
     from nextgpt import NextGPT
 
-    cfg = build_config(size, dtypes, extra, audio_seconds=audio_seconds)
+    cfg = build_config(size, dtypes, extra, audio_seconds=audio_seconds, preset=preset)
     previous = logging.getLogger("nextgpt").level
     logging.getLogger("nextgpt").setLevel(logging.ERROR)  # "RANDOM weights" warnings are expected here
     try:

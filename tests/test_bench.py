@@ -229,3 +229,33 @@ def test_memory_smoke(bench, tmp_path):
     assert resident == lazy and set(resident) == {"image", "audio", "video"}
     assert rows["resident"]["decoder_weights_on_device_gib"] == pytest.approx(sum(resident.values()))
     assert rows["lazy"]["decoder_weights_on_device_gib"] == pytest.approx(max(lazy.values()))
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke(bench, tmp_path):
+    """`make gpu-check`'s logic at smoke size on the CPU: every item of both 7B presets' structure in
+    their precision (fp16 through the CPU GradScaler), the DDP item on 2 processes, generate with all
+    four outputs; each passes, and a failing item is reported as such (exit code 1 from the script)."""
+    data = run_script(bench, "gpu_check", tmp_path)
+    items = [r["item"] for r in data["results"]]
+    assert items == [
+        *[f"train nextgpt-7b stage {s} (bf16-mixed)" for s in (1, 2, 3)],
+        *[f"train nextgpt-7b-legacy stage {s} (16-mixed)" for s in (1, 2, 3)],
+        "ddp stage 3",
+        "generate text+image+audio+video",
+    ]
+    failed = [(r["item"], r.get("note")) for r in data["results"] if not r["ok"]]
+    assert not failed and data["summary"] == {"passed": 8, "failed": 0}
+    assert "2 rank(s)" in data["results"][6]["note"]
+    positive_finite(data["results"][0], ["step_s"])
+    # a broken item fails the check: no trainable tensor can change when the learning rate is 0
+    import nextgpt.stages.modules as modules
+
+    real = modules.lr_factor
+    modules.lr_factor = lambda *a: lambda step: 0.0
+    try:
+        rows = bench("gpu_check").train_items("smoke", torch.device("cpu"), "nextgpt-7b")
+    finally:
+        modules.lr_factor = real
+    assert [r["ok"] for r in rows] == [False] * 3
+    assert all("no trainable tensor changed" in r["note"] for r in rows)
