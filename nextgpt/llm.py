@@ -289,15 +289,12 @@ class LanguageModel(nn.Module):
     def apply_trainable_policy(self) -> None:
         """Set ``requires_grad`` of embedding rows and LoRA weights per the configured policy.
 
-        Every trainable tensor is float32, whatever dtype the frozen weights have: mixed-precision
-        training (autocast, ``GradScaler``) needs float32 master weights, and an fp16/bf16 Adam update
-        loses small steps. Under the legacy ``"full"`` policy the base ``embed_tokens``/``lm_head``
-        are therefore held in float32 (and cast to the compute dtype where used)."""
+        The added rows are float32 (a master copy, cast to the compute dtype where used); training
+        makes every other trainable tensor float32 too (``nextgpt.stages.modules.select_trainable``:
+        the legacy ``"full"`` matrices), inference keeps them in the LLM's dtype."""
         full = self.trainable_embeddings == "full"
-        for emb in (self._causal_lm().get_input_embeddings(), self._causal_lm().get_output_embeddings()):
-            if full and emb.weight.dtype != torch.float32:
-                emb.weight.data = emb.weight.data.float()
-            emb.weight.requires_grad_(full)
+        self._causal_lm().get_input_embeddings().weight.requires_grad_(full)
+        self._causal_lm().get_output_embeddings().weight.requires_grad_(full)
         self.new_embeddings.requires_grad_(True)
         if self.new_lm_head is not None:
             self.new_lm_head.requires_grad_(True)

@@ -1030,7 +1030,34 @@ def build_cache_report(
     progress: bool = True,
     wait_timeout_s: float = INDEX_WAIT_S,
 ) -> BuildReport:
-    """:func:`build_cache`, returning a :class:`BuildReport` (counts written / already up to date)."""
+    """Precompute ``what`` (``"encoder"`` or ``"captions"``) for ``stage``'s shards under ``data`` into
+    ``<out>/<what>/``; returns a :class:`BuildReport` (its ``path``, counts written / up to date).
+
+    Args:
+        preset, overrides: the config whose frozen models run (ignored when ``model`` is given).
+        stage: the stage whose rendering of the samples is cached (encoder: 1 or 3; captions: 2 or 3).
+        model: a built :class:`~nextgpt.NextGPT` to use instead (moved to ``device`` when given).
+        batch_size: items per frozen-model call.
+        device: where the frozen models run (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; ``"cuda"`` means
+            ``cuda:$LOCAL_RANK`` under a launcher that sets it). ``None``: where ``model`` is (a model
+            built here: the CPU).
+        rank, world_size: this process's share: shards ``rank, rank + world_size, ...`` of the sorted
+            shard list (default: the ``RANK``/``WORLD_SIZE`` environment variables, else 0 and 1).
+            Rank 0 writes the index when every shard is done (it waits for the others' entries, or
+            meets them at a barrier when a torch.distributed group is initialised).
+        num_processes: start this many local worker processes (spawned) that split this process's
+            share; with ``device="cuda"`` and several GPUs, worker ``r`` runs on ``cuda:r``.
+        progress: show a progress bar.
+        wait_timeout_s: how long rank 0 waits for the other ranks' entries before it gives up.
+
+    Entries already up to date (same source size, stage, feature kind and fingerprint) are kept, so
+    running the same command again resumes an interrupted build; builds for other stages or
+    datasets add their entries to the same folder.
+
+    Raises:
+        ConfigError: an unknown cache, a stage that does not read it, an invalid or absent device.
+        CheckpointError: duplicate sample keys in a shard; other ranks' shards not done in time.
+    """
     from nextgpt.config import NextGPTConfig
 
     if what not in KINDS:
@@ -1136,61 +1163,6 @@ def build_cache_report(
     return report
 
 
-def build_cache(
-    what: str,
-    data: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    preset: str = "tiny",
-    overrides: Sequence[str] = (),
-    stage: int = 1,
-    model=None,
-    batch_size: int = 16,
-    device: str | torch.device | None = None,
-    rank: int | None = None,
-    world_size: int | None = None,
-    num_processes: int = 1,
-    progress: bool = True,
-) -> Path:
-    """Precompute ``what`` (``"encoder"`` or ``"captions"``) for ``stage``'s shards under ``data`` into
-    ``<out>/<what>/`` and return that folder.
-
-    Args:
-        preset, overrides: the config whose frozen models run (ignored when ``model`` is given).
-        stage: the stage whose rendering of the samples is cached (encoder: 1 or 3; captions: 2 or 3).
-        model: a built :class:`~nextgpt.NextGPT` to use instead (moved to ``device`` when given).
-        batch_size: items per frozen-model call.
-        device: where the frozen models run (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; ``"cuda"`` means
-            ``cuda:$LOCAL_RANK`` under a launcher that sets it). ``None``: where ``model`` is (a model
-            built here: the CPU).
-        rank, world_size: this process's share: shards ``rank, rank + world_size, ...`` of the sorted
-            shard list (default: the ``RANK``/``WORLD_SIZE`` environment variables, else 0 and 1).
-            Rank 0 writes the index when every shard is done (it waits for the others' entries, or
-            meets them at a barrier when a torch.distributed group is initialised).
-        num_processes: start this many local worker processes (spawned) that split this process's
-            share; with ``device="cuda"`` and several GPUs, worker ``r`` runs on ``cuda:r``.
-        progress: show a progress bar.
-
-    Entries already up to date (same source size, stage, feature kind and fingerprint) are kept, so
-    running the same command again resumes an interrupted build; builds for other stages or
-    datasets add their entries to the same folder.
-
-    Raises:
-        ConfigError: an unknown cache, a stage that does not read it, an invalid or absent device.
-        CheckpointError: duplicate sample keys in a shard; other ranks' shards not done in time.
-    """
-    return build_cache_report(
-        what,
-        data,
-        out,
-        preset=preset,
-        overrides=overrides,
-        stage=stage,
-        model=model,
-        batch_size=batch_size,
-        device=device,
-        rank=rank,
-        world_size=world_size,
-        num_processes=num_processes,
-        progress=progress,
-    ).path
+def build_cache(what: str, data: str | os.PathLike, out: str | os.PathLike, **kwargs) -> Path:
+    """:func:`build_cache_report` (same arguments), returning the cache folder."""
+    return build_cache_report(what, data, out, **kwargs).path

@@ -64,7 +64,12 @@ TRAINABLE: dict[int, tuple[str, ...]] = {
 
 
 def select_trainable(model, stage: int) -> dict[str, torch.nn.Parameter]:
-    """Set ``requires_grad`` on exactly the stage's trainable set; return it by parameter name."""
+    """Set ``requires_grad`` on exactly the stage's trainable set; return it by parameter name.
+
+    Every chosen tensor becomes a float32 master copy, whatever dtype the frozen weights have
+    (the legacy full token matrices of an fp16 LLM): autocast and ``GradScaler`` need float32
+    parameters, and an fp16/bf16 Adam update loses small steps. The model casts them to its compute
+    dtype where they are used."""
     if stage not in TRAINABLE:
         raise ValueError(f"unknown stage {stage}; valid: 1, 2, 3")
     groups = TRAINABLE[stage]
@@ -85,6 +90,8 @@ def select_trainable(model, stage: int) -> dict[str, torch.nn.Parameter]:
                 take = "token_rows" in groups or ("token_rows_if_full" in groups and full)
         p.requires_grad_(take)
         if take:
+            if p.dtype != torch.float32:
+                p.data = p.data.float()
             chosen[name] = p
     return chosen
 
@@ -204,7 +211,9 @@ class StageModule(L.LightningModule):
                     self.log(f"train/{k}", v.float(), batch_size=B, on_step=True, prog_bar=k == "lm_loss")
             self.log("train/loss", losses["loss"], batch_size=B, on_step=True, prog_bar=True)
         if batch.skipped:
-            self.log("train/skipped_samples", float(batch.skipped), on_step=True, reduce_fx="sum")
+            self.log(
+                "train/skipped_samples", float(batch.skipped), batch_size=1, on_step=True, reduce_fx="sum"
+            )
         return losses["loss"]
 
     def validation_step(self, batch, batch_idx: int) -> None:

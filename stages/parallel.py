@@ -12,6 +12,8 @@ and gathering what a sharded model trained.
   replicated and its trainable gradients averaged before each step. Checkpoints are one file
   (trainable tensors and optimiser state gathered to rank 0), resumed with the same safe loader as
   DDP; ``save_pretrained`` gets the gathered tensors (:func:`gathered_trainable_state`).
+* ``fsdp`` with ``16-mixed`` — refused (fp16's GradScaler cannot unscale a mix of sharded and whole
+  gradients); ``bf16-mixed`` or ``32-true`` work.
 * ``deepspeed_stage_2`` — refused (:func:`build_strategy`): its checkpoint is a folder our resume and
   lean-checkpoint code does not read, and it has not been run here (no GPU). Use ``fsdp`` to shard,
   or ``ddp``.
@@ -44,7 +46,9 @@ def _num_processes(devices, accelerator: str) -> int:
     return 1
 
 
-def build_strategy(name: str, *, devices=1, num_nodes: int = 1, accelerator: str = "auto"):
+def build_strategy(
+    name: str, *, devices=1, num_nodes: int = 1, accelerator: str = "auto", precision: str = "32-true"
+):
     """The Lightning strategy for ``training.strategy`` (``auto``: DDP as below when more than one
     process trains, else Lightning's single-device strategy).
 
@@ -61,6 +65,13 @@ def build_strategy(name: str, *, devices=1, num_nodes: int = 1, accelerator: str
             "Use training.strategy=fsdp (FSDP2: shards the LLM over the GPUs) or training.strategy=ddp."
         )
     if name == "fsdp":
+        if precision == "16-mixed":
+            raise ConfigError(
+                "training.strategy=fsdp with training.precision=16-mixed is not supported: fp16's GradScaler "
+                "cannot unscale a mix of sharded (LLM layers) and whole (projectors, rows) gradients. Use "
+                "training.precision=bf16-mixed (A100/H100 have bf16) or 32-true with fsdp, or "
+                "training.strategy=ddp for 16-mixed."
+            )
         return NextGPTFSDPStrategy()
     if name == "ddp" or _num_processes(devices, accelerator) * num_nodes > 1:
         return DDPStrategy(find_unused_parameters=False, broadcast_buffers=False)

@@ -79,7 +79,9 @@ def build_trainer(
 
     t = cfg.training
     stage_cfg = t.stage_config(t.stage)
-    strategy = build_strategy(t.strategy, devices=t.devices, num_nodes=t.num_nodes, accelerator=t.accelerator)
+    strategy = build_strategy(
+        t.strategy, devices=t.devices, num_nodes=t.num_nodes, accelerator=t.accelerator, precision=t.precision
+    )
     # One CSV per attempt (logs/version_N/metrics.csv): a resumed run appends a new version.
     loggers = [CSVLogger(run_dir, name="logs")]
     try:

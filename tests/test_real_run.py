@@ -19,7 +19,6 @@ from nextgpt.config import NextGPTConfig
 from nextgpt.errors import CheckpointError, ConfigError, InputError
 from nextgpt.modality import Modality
 from nextgpt.stages.batch import Collator
-from nextgpt.stages.data import DroppedSample
 from nextgpt.stages.modules import StageModule
 
 PRESETS = ("tiny", "small", "nextgpt-7b", "nextgpt-7b-legacy")
@@ -261,6 +260,7 @@ def test_collator_counts_every_drop_by_reason(tiny: NextGPT) -> None:
     from nextgpt.media import Audio
     from nextgpt.processor import MediaItem
     from nextgpt.stages.cache import CacheMiss
+    from nextgpt.stages.data import DroppedSample
 
     good = _conversation(["hello"], ["hi there"])
     reserved = _conversation(["text with <image> in it"], ["no"])
@@ -365,10 +365,13 @@ def test_random_state_is_per_rank_and_survives_weights_only(tmp_path: Path) -> N
     assert torch.equal(want[0], got[0]) and want[1:] == got[1:]
 
 
-def test_deepspeed_is_refused_with_what_to_use_instead() -> None:
+def test_unsupported_strategies_are_refused_with_what_to_use_instead() -> None:
     from nextgpt.stages.parallel import build_strategy
 
     with pytest.raises(ConfigError, match="deepspeed_stage_2 is not supported.*training.strategy=fsdp"):
         build_strategy("deepspeed_stage_2")
     with pytest.raises(ConfigError, match="unknown 'horovod'"):
         build_strategy("horovod")
+    with pytest.raises(ConfigError, match="fsdp with training.precision=16-mixed.*bf16-mixed"):
+        build_strategy("fsdp", precision="16-mixed")  # fp16's GradScaler cannot unscale mixed DTensor grads
+    assert type(build_strategy("fsdp", precision="bf16-mixed")).__name__ == "NextGPTFSDPStrategy"

@@ -267,6 +267,8 @@ def test_ddp_ranks_see_different_modalities_and_a_dropped_batch(tmp_path: Path) 
     for info in (info0, info_one):
         assert info["global_step"] == info["total_steps"] == info["scheduler_steps"] == 3
         assert info["final_lr"] == 0.0  # the linear schedule reaches 0 exactly after the last step
+    lrs = {r["step"]: r["lr"] for r in records(ddp, 0)}  # the LR after each optimiser step
+    assert lrs == {k: pytest.approx(1e-3 * (1 - k / 3)) for k in range(4)}  # linear to 0, never early
     assert [r["empty"] for r in records(ddp, 0)] == [False, True, False, False, False]
     assert records(ddp, 0)[0]["rng"] != records(ddp, 1)[0]["rng"]  # per-rank random streams
 

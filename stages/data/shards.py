@@ -384,6 +384,22 @@ def _split_name(name: str) -> tuple[str | None, str | None]:
     return (f"{head}/{stem}" if head else stem), rest.lower()
 
 
+def _members(tar: tarfile.TarFile, size: int | None) -> Iterator[tuple[tarfile.TarInfo, str, str]]:
+    """``(member, key, field)`` of the sample members of an open tar, in order (directories, names
+    without a field and ``__x__`` keys skipped). Raises ``tarfile.ReadError`` at the end when the file
+    (``size`` bytes, if known) is shorter than its archive: tarfile takes a header cut short for the
+    end (a complete tar ends with two zero blocks after the last member)."""
+    for info in tar:
+        if not info.isreg():
+            continue
+        key, fld = _split_name(info.name)
+        if key is None or (key.startswith("__") and key.endswith("__")):
+            continue
+        yield info, key, fld
+    if size is not None and size < tar.offset + 2 * tarfile.BLOCKSIZE:
+        raise tarfile.ReadError("the archive ends before its end-of-archive blocks")
+
+
 def iter_raw(url: str) -> Iterator[dict]:
     """Raw samples of one shard: ``{"__key__", "__url__", field: bytes, ...}``. A read error ends the
     shard with one ``{"__error__": reason}`` item (the partial sample it interrupted is dropped)."""
@@ -392,12 +408,7 @@ def iter_raw(url: str) -> Iterator[dict]:
     size = os.path.getsize(url) if not _is_remote(url) and url.endswith(".tar") else None
     try:
         with _open(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-            for info in tar:
-                if not info.isreg():
-                    continue
-                key, fld = _split_name(info.name)
-                if key is None or (key.startswith("__") and key.endswith("__")):
-                    continue
+            for info, key, fld in _members(tar, size):
                 data = tar.extractfile(info).read()
                 if current is not None and key != current["__key__"]:
                     yield current
@@ -408,10 +419,6 @@ def iter_raw(url: str) -> Iterator[dict]:
                 if fld in current:
                     current["__error__"] = f"duplicate member {info.name!r}"
                 current[fld] = data
-            # tarfile takes a header cut short for the end of the archive: compare with the file size
-            # (a complete tar ends with two zero blocks after the last member).
-            if size is not None and size < tar.offset + 2 * tarfile.BLOCKSIZE:
-                raise tarfile.ReadError("the archive ends before its end-of-archive blocks")
         if current is not None:
             yield current
     except Exception as exc:  # corrupt/truncated tar, unreadable stream
@@ -428,20 +435,12 @@ def _count_local_tar(url: str) -> int:
     The count equals what :func:`iter_raw` yields for the file: the same key grouping and skipped
     names; a truncated or corrupt archive falls back to reading it (its readable samples plus the one
     error item :func:`iter_raw` ends with)."""
-    size = os.path.getsize(url)
     try:
         n, last = 0, None
         with tarfile.open(url, mode="r:") as tar:
-            for info in tar:
-                if not info.isreg():
-                    continue
-                key, _ = _split_name(info.name)
-                if key is None or (key.startswith("__") and key.endswith("__")):
-                    continue
+            for _, key, _ in _members(tar, os.path.getsize(url)):
                 if key != last:
                     n, last = n + 1, key
-            if size < tar.offset + 2 * tarfile.BLOCKSIZE:
-                raise tarfile.ReadError("the archive ends before its end-of-archive blocks")
         return n
     except (tarfile.TarError, OSError, EOFError) as exc:
         logger.warning("shard %s cannot be listed (%s): counting it by reading", url, exc)
