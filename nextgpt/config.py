@@ -78,11 +78,11 @@ __all__ = [
 Dtype = Literal["float32", "float16", "bfloat16"]
 EncoderKind = Literal["imagebind"]
 InputProjectorKind = Literal["linear", "grouping"]
-LLMKind = Literal["llama"]
+LLMKind = Literal["llama", "qwen2", "mistral", "gemma", "auto"]
 #: ``vicuna_v1``: Vicuna v1.1+/v1.5 plain-text format (system line, ``USER: ... ASSISTANT: ...``);
 #: ``vicuna_v0``: the legacy ``### Human: ... ### Assistant:`` format of the released weights;
 #: ``chat_template``: the tokenizer's own chat template (e.g. SmolLM2-Instruct).
-Template = Literal["vicuna_v1", "vicuna_v0", "chat_template"]
+Template = Literal["vicuna_v1", "vicuna_v0", "chat_template", "auto"]
 TrainableEmbeddings = Literal["new_rows", "full"]
 OutputProjectorKind = Literal["transformer"]
 DecoderKind = Literal["stable_diffusion", "audioldm", "zeroscope"]
@@ -665,10 +665,13 @@ class LoRAConfig(_Node):
 
 @dataclass(kw_only=True)
 class LLMConfig(_Node):
-    """A LLaMA-family causal LM (Hugging Face format, or GGUF inside ``path``).
+    """A causal LM from transformers (Hugging Face folder, or GGUF inside ``path``).
 
-    The sizes are used to build a random model when ``path`` is None and are the expected sizes of
-    a loaded one. ``vocab_size`` is the base vocabulary, before nextgpt adds its tokens.
+    ``kind``: the architecture (``model_type``): ``llama`` (Vicuna, Llama 2/3, SmolLM2), ``qwen2``,
+    ``mistral``, ``gemma``; a loaded model must be of that type. ``auto`` accepts any
+    ``AutoModelForCausalLM`` folder (and cannot be built at random). The sizes are used to build a
+    random model when ``path`` is None and are the expected sizes of a loaded one. ``vocab_size`` is
+    the base vocabulary, before nextgpt adds its tokens.
     """
 
     kind: LLMKind = "llama"
@@ -687,6 +690,7 @@ class LLMConfig(_Node):
     rms_norm_eps: float = 1e-5
     tie_word_embeddings: bool = False
     dtype: Dtype = "float32"
+    #: ``auto``: the tokenizer's own chat template when it has one, else ``vicuna_v1``.
     template: Template = "vicuna_v1"
     #: ``new_rows``: only the rows of added tokens train; ``full`` (legacy): all of embed_tokens
     #: and lm_head train.
@@ -721,6 +725,12 @@ class LLMConfig(_Node):
         )
         _check(
             (self.hidden_size // self.num_heads) % 2 == 0, "hidden_size", "head size must be even (rotary)"
+        )
+        _check(
+            self.kind != "auto" or self.path is not None,
+            "kind",
+            "auto needs a model folder (path); a random LLM needs a concrete architecture "
+            "(llama, qwen2, mistral, gemma)",
         )
         if self.gguf_file is not None:
             _check(self.path is not None, "gguf_file", "is set but path is null; set path to its directory")

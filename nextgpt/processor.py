@@ -21,6 +21,7 @@ tokenised once; labels mark assistant spans via the tokenizer's offsets.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,8 +126,45 @@ class Encoded:
     outputs: list[list[MediaItem]] = field(default_factory=list)  # media in assistant turns (targets)
 
 
+@dataclass
+class Segment:
+    """A piece of a rendered prompt: ``text`` (may hold nextgpt's added-token strings, which the
+    renderer itself inserted), whether it is a training ``target``, and whether an own BOS id
+    precedes it (``vicuna_v0``)."""
+
+    text: str
+    target: bool = False
+    bos: bool = False
+
+
+#: Stop strings each template ends an answer with (besides the tokenizer's EOS): the legacy code
+#: stops on ``###`` (ids 835 ``▁###`` and 2277 29937 ``##`` ``#``); FastChat's ``vicuna_v1.1`` on
+#: ``</s>`` (EOS); a chat template on its end-of-turn tokens (the generation config's EOS ids).
+TEMPLATE_STOPS: dict[str, tuple[str, ...]] = {"vicuna_v0": ("###",), "vicuna_v1": (), "chat_template": ()}
+
+
 class Processor:
-    """Render conversations with the configured template and tokenise them.
+    """Render conversations with the configured template and tokenise them exactly as the weights
+    were trained.
+
+    * ``vicuna_v1`` (FastChat ``vicuna_v1.1``, ``SeparatorStyle.ADD_COLON_TWO``): ``<s>SYSTEM USER: q
+      ASSISTANT: a</s>USER: q2 ASSISTANT:``. Tokenised as one string (FastChat's training does);
+      every token that overlaps an assistant reply (``a</s>``) is labelled, so the first reply token
+      (``▁a``, which also covers the separator space) is trained.
+    * ``vicuna_v0`` (the legacy NExT-GPT code): training pieces ``[BOS] "### Human: <Img>" media
+      "</Img> " text "\n### Assistant: "`` (or ``"### Human: "`` then ``text + "\n### Assistant: "``
+      without media), the target ``reply + signal run + "\n###"``, later turns ``"Human: " text
+      "\n### Assistant: "``; each piece is tokenised by its own call, as transformers 4.29's slow
+      LlamaTokenizer did for the released weights: text on either side of an added token is
+      stripped of whitespace and every text chunk gets SentencePiece's dummy prefix. At inference,
+      the released demo's prompt: ``"### Human: " media " " text`` (history turns ``"### Human: q\n###
+      Assistant: a\n###"`` then ``" Human: ..."``) + ``"\n### Assistant:"``, split at the media,
+      every text segment with its own BOS.
+    * ``chat_template``: the tokenizer's own template, tokenised as one string.
+
+    Signal runs follow the reply text directly (no separator token before them). Text may not hold
+    any added or special token string (``[IMG0]``, ``<Img>``, ``<image>``, ``</s>``, ...): it would
+    become the real token; :class:`~nextgpt.errors.InputError` names it.
 
     Args:
         tokenizer: the LLM tokenizer with nextgpt's tokens added.
@@ -147,8 +185,8 @@ class Processor:
         media_wrappers: bool = False,
         sum_items: bool = False,
     ) -> None:
-        if template not in ("vicuna_v0", "vicuna_v1", "chat_template"):
-            raise InputError(f"unknown template {template!r}")
+        if template not in TEMPLATE_STOPS:
+            raise InputError(f"unknown template {template!r}; valid: {', '.join(TEMPLATE_STOPS)}")
         if template == "chat_template" and not getattr(tokenizer, "chat_template", None):
             raise InputError("template 'chat_template' needs a tokenizer with a chat template")
         self.tokenizer = tokenizer
@@ -157,7 +195,21 @@ class Processor:
         self.tokens_per_item = tokens_per_item
         self.media_wrappers = media_wrappers
         self.sum_items = sum_items
-        self._reserved = [PLACEHOLDER[m] for m in PLACEHOLDER] + list(WRAPPERS)
+        added = {str(t) for t in tokenizer.get_added_vocab()} | {str(t) for t in tokenizer.all_special_tokens}
+        added |= {PLACEHOLDER[m] for m in PLACEHOLDER} | set(WRAPPERS)
+        self._reserved = sorted((t for t in added if t), key=len, reverse=True)
+        self._reserved_re = re.compile("|".join(re.escape(t) for t in self._reserved))
+        # nextgpt's own tokens, which the renderer inserts: split out before tokenising a v0 piece
+        ours = [t for t in tokenizer.convert_ids_to_tokens(list(range(layout.base_vocab, layout.vocab_size)))]
+        self._ours = {t: layout.base_vocab + i for i, t in enumerate(ours)}
+        self._ours_re = re.compile(
+            "(" + "|".join(re.escape(t) for t in sorted(ours, key=len, reverse=True)) + ")"
+        )
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """Strings that end an answer under this template (see :data:`TEMPLATE_STOPS`)."""
+        return TEMPLATE_STOPS[self.template]
 
     # ---------------------------------------------------------------- pieces
 
@@ -186,89 +238,172 @@ class Processor:
         return f"{WRAPPERS[0]}{ph}{WRAPPERS[1]}" if self.media_wrappers else ph
 
     def _checked(self, text: str) -> str:
-        for tok in self._reserved:
-            if tok in text:
-                raise InputError(f"text contains the reserved token {tok!r}; pass media as parts instead")
+        found = self._reserved_re.search(text) if self._reserved else None
+        if found:
+            raise InputError(
+                f"text contains the reserved token {found.group(0)!r} (the string would become the real "
+                "token); pass media as parts, and remove or alter the string in the text"
+            )
         return text
 
     def _content(self, turn: Turn, sep: str) -> str:
-        pieces = []
+        """The turn's text and media joined by ``sep``; an output's signal run follows the preceding
+        text directly (no separator token before it)."""
+        out = ""
         for slot in self.slots(turn):
             if isinstance(slot, str):
-                pieces.append(self._checked(slot))
+                piece, glue = self._checked(slot), sep
             else:
-                pieces.append(self._slot_text(slot, turn.role))
-        return sep.join(p for p in pieces if p)
+                piece = self._slot_text(slot, turn.role)
+                glue = "" if turn.role == "assistant" else sep
+            if not piece:
+                continue
+            out = out + glue + piece if out else piece
+        return out
+
+    def _text_and_media(self, turn: Turn) -> tuple[str, list[str]]:
+        """(the turn's text parts joined by spaces, the media slots' strings): the legacy layout puts
+        a user turn's media first."""
+        text = " ".join(
+            self._checked(p).strip() for p in self.slots(turn) if isinstance(p, str) and p.strip()
+        )
+        media = [self._slot_text(s, turn.role) for s in self.slots(turn) if isinstance(s, list)]
+        return text, media
 
     # ---------------------------------------------------------------- templates
 
-    def render(self, turns: list[Turn], *, add_generation_prompt: bool) -> tuple[str, list[tuple[int, int]]]:
-        """The prompt string and the character spans that are training targets (assistant turns)."""
+    def segments(self, turns: list[Turn], *, add_generation_prompt: bool) -> list[Segment]:
+        """The rendered prompt as :class:`Segment` pieces (training targets marked)."""
         if not turns:
             raise InputError("empty conversation")
         if self.template == "chat_template":
-            return self._render_chat_template(turns, add_generation_prompt)
-        bos = self.tokenizer.bos_token or ""
+            return self._chat_template(turns, add_generation_prompt)
         if self.template == "vicuna_v0":
-            return self._render_v0(turns, bos, add_generation_prompt)
+            if add_generation_prompt and turns[-1].role == "user":
+                return self._v0_inference(turns)
+            return self._v0_training(turns)
+        return self._v1(turns, add_generation_prompt)
+
+    def render(self, turns: list[Turn], *, add_generation_prompt: bool) -> tuple[str, list[tuple[int, int]]]:
+        """The prompt as one string and the character spans of its training targets."""
         text, spans = "", []
-        for i, turn in enumerate(turns):  # vicuna_v1
-            if i == 0:
-                text += bos + VICUNA_V1_SYSTEM
-            if turn.role == "user":
-                text += " USER: " + self._content(turn, "\n") + " ASSISTANT:"
-            else:
-                start = len(text) + 1
-                text += " " + self._content(turn, "\n") + (self.tokenizer.eos_token or "")
-                spans.append((start, len(text)))
+        for seg in self.segments(turns, add_generation_prompt=add_generation_prompt):
+            if seg.bos:
+                text += self.tokenizer.bos_token or ""
+            if seg.target:
+                spans.append((len(text), len(text) + len(seg.text)))
+            text += seg.text
         return text, spans
 
-    def _render_v0(self, turns: list[Turn], bos: str, inference: bool) -> tuple[str, list[tuple[int, int]]]:
-        """Legacy format. Training: one BOS, ``### Human: <Img>..</Img> text\n### Assistant: `` then the
-        target and ``\n###``. Inference (the released demo): every text segment starts with its own
-        BOS and media slots sit between segments without spaces."""
-        text, spans = bos, []
+    def _v1(self, turns: list[Turn], add_generation_prompt: bool) -> list[Segment]:
+        eos = self.tokenizer.eos_token or ""
+        # BOS as an id before the text (FastChat tokenises with add_special_tokens): the system
+        # line's first word then gets SentencePiece's dummy prefix (``▁A``), as in training.
+        segs = [Segment(VICUNA_V1_SYSTEM + " ", bos=True)]
+        for turn in turns:
+            if turn.role == "user":
+                segs.append(Segment("USER: " + self._content(turn, "\n") + " "))
+            else:
+                segs.append(Segment("ASSISTANT: "))
+                segs.append(Segment(self._content(turn, "\n") + eos, target=True))
+        if add_generation_prompt and turns[-1].role == "user":
+            segs.append(Segment("ASSISTANT:"))
+        return segs
+
+    def _v0_training(self, turns: list[Turn]) -> list[Segment]:
+        segs: list[Segment] = []
         for i, turn in enumerate(turns):
             if turn.role == "assistant":
-                start = len(text)
-                text += self._content(turn, " ") + "\n###"
-                spans.append((start, len(text)))
+                segs.append(Segment(self._content(turn, " ") + "\n###", target=True))
                 continue
+            text, media = self._text_and_media(turn)
             head = "### Human: " if i == 0 else "Human: "
-            if inference:
-                pieces, prefix = [], head.rstrip()
-                for slot in self.slots(turn):
-                    if isinstance(slot, str):
-                        sep = " " if prefix and prefix != bos else ""
-                        prefix += sep + self._checked(slot).strip()
-                    else:
-                        if prefix:
-                            pieces.append(prefix)
-                        pieces.append(self._slot_text(slot, "user"))
-                        prefix = bos
-                body = "".join(pieces) + prefix
-                text += body[len(bos) :] if (i == 0 and body.startswith(bos)) else body
-                text += "\n### Assistant:"
-                if i < len(turns) - 1:
-                    text += " "
+            tail = text + "\n### Assistant: "
+            if media:
+                segs.append(Segment(head + " ".join(media) + " " + tail))
+            elif i == 0:  # the legacy code tokenises its "### Human: " prefix by a call of its own
+                segs += [Segment(head), Segment(tail)]
             else:
-                text += head + self._content(turn, " ") + "\n### Assistant: "
-        return text, spans
+                segs.append(Segment(head + tail))
+        segs[0].bos = True
+        return segs
 
-    def _render_chat_template(self, turns: list[Turn], add_generation_prompt: bool):
+    def _v0_inference(self, turns: list[Turn]) -> list[Segment]:
+        # The released demo's prompt string (history, then the new turn) with a marker per media tag,
+        # split at the markers: the split takes one space on each side of a tag, and every text
+        # segment starts with its own BOS (the demo's prepare_generation_embedding).
+        media: list[str] = []
+
+        def tags_and_text(turn: Turn) -> tuple[str, str]:
+            text, slots = self._text_and_media(turn)
+            tags = ""
+            for slot in slots:
+                tags += f"\x00{len(media)}\x00 "
+                media.append(slot)
+            return tags, text
+
+        history, prompt = turns[:-1], ""
+        for idx in range(0, len(history), 2):
+            user, reply = history[idx], history[idx + 1] if idx + 1 < len(history) else None
+            if user.role != "user" or reply is None or reply.role != "assistant":
+                raise InputError("vicuna_v0 needs alternating user/assistant turns ending with a user turn")
+            tags, text = tags_and_text(user)
+            prompt += ("### Human: " if idx == 0 else " Human: ") + tags + text
+            prompt += "\n### Assistant: " + self._text_and_media(reply)[0] + "\n###"
+        tags, text = tags_and_text(turns[-1])
+        prompt += ("### Human: " if not history else " Human: ") + tags + " " + text + "\n### Assistant:"
+        pieces = re.split(r"\x00(\d+)\x00", prompt)  # text, index, text, index, ..., text
+        segs: list[Segment] = []
+        for k, piece in enumerate(pieces):
+            if k % 2:
+                segs.append(Segment(media[int(piece)]))
+                continue
+            if k > 0 and piece.startswith(" "):
+                piece = piece[1:]
+            if k + 1 < len(pieces) and piece.endswith(" "):
+                piece = piece[:-1]
+            if piece:
+                segs.append(Segment(piece, bos=True))
+        return segs
+
+    def _chat_template(self, turns: list[Turn], add_generation_prompt: bool) -> list[Segment]:
         msgs = [{"role": t.role, "content": self._content(t, "\n")} for t in turns]
         apply = self.tokenizer.apply_chat_template
-        spans = []
+        segs, done = [], 0
         for i, m in enumerate(msgs):
-            if m["role"] == "assistant":
-                start = len(apply(msgs[:i], tokenize=False, add_generation_prompt=True)) if i else 0
-                spans.append((start, len(apply(msgs[: i + 1], tokenize=False))))
+            if m["role"] != "assistant":
+                continue
+            start = len(apply(msgs[:i], tokenize=False, add_generation_prompt=True)) if i else 0
+            end = len(apply(msgs[: i + 1], tokenize=False))
+            whole = apply(msgs[: i + 1], tokenize=False)
+            segs += [Segment(whole[done:start]), Segment(whole[start:end], target=True)]
+            done = end
         text = apply(
             msgs, tokenize=False, add_generation_prompt=add_generation_prompt and msgs[-1]["role"] == "user"
         )
-        return text, spans
+        if text[done:]:
+            segs.append(Segment(text[done:]))
+        return segs
 
     # ---------------------------------------------------------------- tokenise
+
+    def _encode_piece(self, text: str) -> list[int]:
+        """One legacy tokenizer call on ``text`` (transformers 4.29 slow LlamaTokenizer semantics):
+        nextgpt's added tokens split out, the text beside them stripped of whitespace, every text
+        chunk tokenised with the dummy prefix."""
+        ids: list[int] = []
+        parts = self._ours_re.split(text)
+        for k, part in enumerate(parts):
+            if k % 2:
+                ids.append(self._ours[part])
+                continue
+            if k > 0:
+                part = part.lstrip()
+            if k + 1 < len(parts):
+                part = part.rstrip()
+            if part:
+                ids += self.tokenizer(part, add_special_tokens=False)["input_ids"]
+        return ids
 
     def encode(self, inputs: object, *, add_generation_prompt: bool = True) -> Encoded:
         """Token ids (+ labels) of a conversation, and its input media in placeholder order."""
@@ -277,13 +412,36 @@ class Processor:
             if isinstance(inputs, list) and inputs and isinstance(inputs[0], Turn)
             else parse_inputs(inputs)
         )
-        text, spans = self.render(turns, add_generation_prompt=add_generation_prompt)
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = torch.tensor(enc["input_ids"], dtype=torch.long)
-        labels = torch.full_like(ids, IGNORE_INDEX)
-        for k, (a, b) in enumerate(enc["offset_mapping"]):
-            if any(s <= a and b <= e and b > a for s, e in spans):
-                labels[k] = ids[k]
+        segs = self.segments(turns, add_generation_prompt=add_generation_prompt)
+        if self.template == "vicuna_v0":  # one tokenizer call per piece, as the legacy code
+            ids_list, lab_list = [], []
+            for seg in segs:
+                piece = ([self.tokenizer.bos_token_id] if seg.bos else []) + self._encode_piece(seg.text)
+                ids_list += piece
+                lab_list += piece if seg.target else [IGNORE_INDEX] * len(piece)
+            ids = torch.tensor(ids_list, dtype=torch.long)
+            labels = torch.tensor(lab_list, dtype=torch.long)
+        else:  # one call on the whole string; a token is a target if it overlaps a target span
+            if any(seg.bos for seg in segs[1:]):
+                raise InputError(
+                    f"template {self.template}: a BOS inside the prompt needs piecewise tokenisation"
+                )
+            text, spans = "", []
+            for seg in segs:
+                if seg.target:
+                    spans.append((len(text), len(text) + len(seg.text)))
+                text += seg.text
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            bos = (
+                [self.tokenizer.bos_token_id]
+                if segs[0].bos and self.tokenizer.bos_token_id is not None
+                else []
+            )
+            ids = torch.tensor(bos + list(enc["input_ids"]), dtype=torch.long)
+            labels = torch.full_like(ids, IGNORE_INDEX)
+            for k, (a, b) in enumerate(enc["offset_mapping"]):
+                if any(a < e and s < b for s, e in spans):
+                    labels[len(bos) + k] = ids[len(bos) + k]
         slots, outputs = [], []
         for turn in turns:
             media_slots = [slot for slot in self.slots(turn) if isinstance(slot, list)]

@@ -95,11 +95,12 @@ def shard_model(model, mesh) -> None:
     from torch.distributed.fsdp import fully_shard
 
     backbone = model.llm.backbone
-    for layer in backbone.layers:
+    layers = model.llm.decoder_layers
+    for layer in layers:
         fully_shard(layer, mesh=mesh)
     ignored = set(backbone.get_input_embeddings().parameters())
     fully_shard(backbone, mesh=mesh, ignored_params=ignored)
-    logger.info("FSDP2: sharded %d LLM decoder layers over %d ranks", len(backbone.layers), mesh.size())
+    logger.info("FSDP2: sharded %d LLM decoder layers over %d ranks", len(layers), mesh.size())
 
 
 def all_reduce_replicated_grads(params, world_size: int) -> None:

@@ -1,7 +1,7 @@
 """Both install modes expose one import namespace: nextgpt, nextgpt.encoders, ... (no bare names).
 
-Each test makes a throwaway virtualenv that sees this environment's dependencies
-(``--system-site-packages``) and installs *this* source tree into it, editable or as a wheel, without
+Each test makes a throwaway virtualenv that sees this environment's dependencies (:func:`_venv`) and
+installs *this* source tree into it, editable or as a wheel, without
 touching the network (``--no-deps --no-build-isolation``). A subprocess then imports every subpackage
 and reports where each came from.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import site
 import subprocess
 import sys
 import venv
@@ -40,9 +41,23 @@ print(json.dumps({{"mods": mods, "bare": bare, "presets": presets}}))
 
 
 def _venv(tmp_path: Path) -> Path:
+    """A venv that sees the packages of the interpreter running the tests (system Python, a venv or
+    conda alike). ``system_site_packages=True`` would not: inside a venv it exposes the *base*
+    interpreter's packages. Instead a ``.pth`` file adds this environment's site-packages folders
+    after the new venv's own (plain path entries: their own ``.pth`` files, such as an editable
+    install of this tree, stay inactive)."""
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
-    return env_dir / "bin" / "python"
+    venv.EnvBuilder(system_site_packages=False, with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    outer = [p for p in [*site.getsitepackages(), site.getusersitepackages()] if Path(p).is_dir()]
+    Path(purelib, "_nextgpt_test_outer_env.pth").write_text("\n".join(outer) + "\n")
+    return python
 
 
 def _pip(args: list[str]) -> None:
@@ -95,7 +110,7 @@ def test_wheel_install_imports_every_subpackage(tmp_path: Path) -> None:
     assert Path(info["mods"]["nextgpt.encoders"]).parent.name == "encoders"
     assert Path(info["mods"]["nextgpt.encoders"]).parent.parent.name == "nextgpt"
     assert not any(info["bare"].values()), f"bare top-level packages installed: {info['bare']}"
-    assert set(info["presets"]) == {"tiny", "small", "nextgpt-7b", "nextgpt-7b-legacy"}
+    assert set(info["presets"]) == {"tiny", "small", "nextgpt-7b", "nextgpt-7b-legacy", "qwen2.5-7b"}
 
 
 @pytest.mark.install
@@ -125,4 +140,42 @@ def test_editable_install_imports_every_subpackage(tmp_path: Path) -> None:
     for name, folder in expected.items():
         assert Path(info["mods"][name]) == folder / "__init__.py", f"{name} -> {info['mods'][name]}"
     assert not any(info["bare"].values()), f"bare top-level packages installed: {info['bare']}"
-    assert set(info["presets"]) == {"tiny", "small", "nextgpt-7b", "nextgpt-7b-legacy"}
+    assert set(info["presets"]) == {"tiny", "small", "nextgpt-7b", "nextgpt-7b-legacy", "qwen2.5-7b"}
+
+
+def _requirements() -> dict[str, str]:
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    lines = [ln.strip() for ln in cfg["options"]["install_requires"].splitlines()]
+    return {
+        ln.split(">")[0].split("=")[0].split("<")[0].strip(): ln
+        for ln in lines
+        if ln and not ln.startswith("#")
+    }
+
+
+def test_declared_minimums_are_ones_the_code_works_with() -> None:
+    """setup.cfg's floors: the oldest versions the suite was run with (in a throwaway venv, see the
+    comment there), and the packages a real Vicuna folder needs (SentencePiece + protobuf). The
+    installed versions satisfy every requirement."""
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    reqs = {name: Requirement(line) for name, line in _requirements().items()}
+    floors = {
+        "transformers": "5.6",
+        "peft": "0.18",
+        "diffusers": "0.36",
+        "accelerate": "1.2",
+        "lightning": "2.6",
+    }
+    for name, floor in floors.items():
+        lows = [Version(s.version) for s in reqs[name].specifier if s.operator == ">="]
+        assert lows and min(lows) >= Version(floor), (name, str(reqs[name].specifier))
+    assert {"sentencepiece", "protobuf"} <= set(reqs)
+    for name, req in reqs.items():
+        assert req.specifier.contains(version(name), prereleases=True), (name, version(name), str(req))

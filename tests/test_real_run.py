@@ -21,11 +21,12 @@ from nextgpt.modality import Modality
 from nextgpt.stages.batch import Collator
 from nextgpt.stages.modules import StageModule
 
-PRESETS = ("tiny", "small", "nextgpt-7b", "nextgpt-7b-legacy")
+PRESETS = ("tiny", "small", "nextgpt-7b", "nextgpt-7b-legacy", "qwen2.5-7b")
 
 
 def tiny_shaped(preset: str) -> NextGPTConfig:
-    """``preset``'s structure at tiny size: its projector kind, dtypes, LLM template, token-row policy,
+    """``preset``'s structure at tiny size: its projector kind, dtypes, LLM architecture and template,
+    token-row policy,
     wrappers, tied embeddings, LoRA dropout, gradient checkpointing, precision and clipping; tiny's
     widths, random weights and byte tokenizer (which has no chat template: ``chat_template`` presets
     run ``vicuna_v1`` here)."""
@@ -35,7 +36,7 @@ def tiny_shaped(preset: str) -> NextGPTConfig:
     om["encoder"]["dtype"] = sm["encoder"]["dtype"]
     om["input_projector"]["kind"] = sm["input_projector"]["kind"]
     om["input_projector"]["sum_items"] = sm["input_projector"]["sum_items"]
-    for key in ("dtype", "template", "trainable_embeddings", "media_wrappers", "tie_word_embeddings"):
+    for key in ("kind", "dtype", "template", "trainable_embeddings", "media_wrappers", "tie_word_embeddings"):
         om["llm"][key] = sm["llm"][key]
     om["llm"]["gradient_checkpointing"] = sm["llm"]["gradient_checkpointing"]
     om["llm"]["lora"]["enabled"] = sm["llm"]["lora"]["enabled"]
