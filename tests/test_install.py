@@ -36,7 +36,8 @@ mods = {{name: importlib.import_module(name).__file__ for name in {SUBPACKAGES!r
 bare = {{name: importlib.util.find_spec(name) is not None for name in {FORBIDDEN!r}}}
 from nextgpt.config import NextGPTConfig, list_presets
 presets = {{name: NextGPTConfig.from_preset(name).name for name in list_presets()}}
-print(json.dumps({{"mods": mods, "bare": bare, "presets": presets}}))
+import torch
+print(json.dumps({{"mods": mods, "bare": bare, "presets": presets, "torch": torch.__file__}}))
 """
 
 
@@ -139,6 +140,11 @@ def test_editable_install_imports_every_subpackage(tmp_path: Path) -> None:
     }
     for name, folder in expected.items():
         assert Path(info["mods"][name]) == folder / "__init__.py", f"{name} -> {info['mods'][name]}"
+    # the dependencies come from the environment running the tests (a venv, conda or the system
+    # Python), not from whatever base interpreter that environment was made from
+    import torch
+
+    assert Path(info["torch"]).resolve() == Path(torch.__file__).resolve()
     assert not any(info["bare"].values()), f"bare top-level packages installed: {info['bare']}"
     assert set(info["presets"]) == {"tiny", "small", "nextgpt-7b", "nextgpt-7b-legacy", "qwen2.5-7b"}
 
