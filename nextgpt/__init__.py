@@ -4,7 +4,7 @@
 """
 
 from nextgpt.config import NextGPTConfig
-from nextgpt.errors import CheckpointError, ConfigError, InputError, NextGPTError
+from nextgpt.errors import CheckpointError, ConfigError, InputError, NextGPTError, UnsafeCheckpointError
 from nextgpt.media import Audio, Video
 from nextgpt.modality import Modality
 
@@ -31,6 +31,7 @@ __all__ = [
     "NextGPT",
     "NextGPTConfig",
     "NextGPTError",
+    "UnsafeCheckpointError",
     "Video",
     "__version__",
 ]

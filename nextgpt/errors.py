@@ -22,3 +22,9 @@ class InputError(NextGPTError, ValueError):
 
 class CheckpointError(NextGPTError):
     """A checkpoint has missing/unexpected/mis-shaped keys or cannot be read safely."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holds objects other than tensors and plain containers: loading it would need
+    unpickling arbitrary code, so it is refused (a file nextgpt wrote never does; it may have been
+    replaced)."""

@@ -29,7 +29,7 @@ import logging
 
 import torch
 
-from nextgpt.checkpoint import check_keys
+from nextgpt.checkpoint import check_keys, check_values
 from nextgpt.errors import CheckpointError
 from nextgpt.modality import Modality
 
@@ -93,6 +93,7 @@ def import_legacy_state(model, state: dict[str, torch.Tensor], *, what: str) -> 
     mapping, shapes = legacy_key_map(model)
     check_keys(shapes, state, what=what)
     params = dict(model.named_parameters(remove_duplicate=False))
+    check_values({k: params[ours] for k, (ours, _) in mapping.items() if "#" not in k}, state, what=what)
     V = model.llm.layout.base_vocab
     with torch.no_grad():
         for legacy, (ours, rows) in mapping.items():

@@ -16,7 +16,6 @@ those tokens' input embeddings (REFERENCE.md 1.2), collected by our own decoding
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -26,7 +25,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nextgpt.checkpoint import check_keys, read_state_dict
+from nextgpt.checkpoint import (
+    check_keys,
+    check_values,
+    read_model_folder,
+    read_state_dict,
+    write_model_folder,
+)
 from nextgpt.config import NextGPTConfig
 from nextgpt.errors import CheckpointError, ConfigError, InputError
 from nextgpt.modality import Modality
@@ -35,9 +40,6 @@ from nextgpt.processor import MediaItem, Processor, parse_inputs
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
-WEIGHTS_FILE = "trainable.safetensors"
-META_FILE = "nextgpt.json"
 
 
 def resolve_template(template: str, tokenizer) -> str:
@@ -591,50 +593,47 @@ class NextGPT(nn.Module):
     def save_pretrained(
         self, directory: str | os.PathLike, *, state: dict[str, torch.Tensor] | None = None
     ) -> Path:
-        """Write ``config.yaml`` (the resolved config) and ``trainable.safetensors`` into ``directory``.
+        """Write ``config.yaml`` (the resolved config), ``trainable.safetensors`` and ``nextgpt.json``
+        (a manifest: each file's size and SHA-256) into ``directory``, as one unit.
+
+        The folder is written next to ``directory`` and then replaces it whole (atomically on Linux),
+        so a crash never leaves one save's config with another's weights; see
+        :func:`nextgpt.checkpoint.write_model_folder`. An existing folder holding other files is
+        refused.
 
         ``state``: the trainable tensors to write instead of :meth:`trainable_state_dict` (a sharded
         model passes the gathered whole tensors, see ``nextgpt.stages.parallel``)."""
-        from safetensors.torch import save_file
-
         import nextgpt
 
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        self.config.to_yaml(out / CONFIG_FILE)
         if state is None:
             state = self.trainable_state_dict()
-        state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-        tmp = out / (WEIGHTS_FILE + ".tmp")
-        save_file(state, str(tmp))
-        os.replace(tmp, out / WEIGHTS_FILE)  # atomic: a crash never leaves a half-written file
-        (out / META_FILE).write_text(json.dumps({"nextgpt_version": nextgpt.__version__, "keys": len(state)}))
-        return out
+        meta = {"nextgpt_version": nextgpt.__version__, "keys": len(state)}
+        return write_model_folder(directory, self.config.to_yaml, state, meta)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> NextGPT:
-        """Load a directory written by :meth:`save_pretrained` (strict key and shape accounting)."""
-        path = Path(directory)
-        if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-            raise CheckpointError(
-                f"'{path}' is not a saved nextgpt model (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
-            )
-        model = cls(NextGPTConfig.from_yaml(path / CONFIG_FILE), device=device)
-        model.load_trainable_state(read_state_dict(path / WEIGHTS_FILE), what=f"nextgpt model '{path}'")
+        """Load a directory written by :meth:`save_pretrained`: its files must match their manifest
+        (one save), every key and shape must match (strict accounting) and every value be finite."""
+        config_path, state = read_model_folder(directory)
+        model = cls(NextGPTConfig.from_yaml(config_path), device=device)
+        model.load_trainable_state(state, what=f"nextgpt model '{directory}'")
         return model
 
     def load_trainable_state(self, state: dict[str, torch.Tensor], *, what: str) -> None:
-        """Load exactly the keys of :meth:`trainable_state_dict` (all present, none extra, same shapes)."""
+        """Load exactly the keys of :meth:`trainable_state_dict` (all present, none extra, same shapes,
+        floating and finite values; a refused state changes nothing)."""
         self.llm.set_lora_merged(False)  # new LoRA weights must never land on a merged base
         own = self.trainable_state_dict()
         check_keys({k: v.shape for k, v in own.items()}, state, what=what)
+        check_values(own, state, what=what)
         params = dict(self.named_parameters(remove_duplicate=False))
         buffers = dict(self.named_buffers())
+        missing = [k for k in state if k not in params and k not in buffers]
+        if missing:  # a state-dict-only entry (e.g. projector buffers)
+            raise CheckpointError(f"{what}: key(s) {', '.join(missing)} have no parameter in the model")
         with torch.no_grad():
             for k, v in state.items():
                 target = params.get(k, buffers.get(k))
-                if target is None:  # a state-dict-only entry (e.g. projector buffers)
-                    raise CheckpointError(f"{what}: key {k} has no parameter in the model")
                 target.copy_(v.to(target.dtype))
 
     @classmethod

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from nextgpt.config import NextGPTConfig
-from nextgpt.errors import CheckpointError, ConfigError, InputError
+from nextgpt.errors import CheckpointError, ConfigError, InputError, UnsafeCheckpointError
 from nextgpt.stages.data.schema import DROP_REASONS
 
 logger = logging.getLogger(__name__)
@@ -210,10 +210,6 @@ class StageModule(L.LightningModule):
                 if k != "loss" and v.ndim == 0:
                     self.log(f"train/{k}", v.float(), batch_size=B, on_step=True, prog_bar=k == "lm_loss")
             self.log("train/loss", losses["loss"], batch_size=B, on_step=True, prog_bar=True)
-        if batch.skipped:
-            self.log(
-                "train/skipped_samples", float(batch.skipped), batch_size=1, on_step=True, reduce_fx="sum"
-            )
         return losses["loss"]
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -231,6 +227,10 @@ class StageModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         totals = self._global_counts(self.data_counts.totals())
+        # Running totals of this epoch over all ranks, exact in every row (the last row of an epoch is
+        # its total; the column is never to be summed). Per-reason totals are logged at epoch end.
+        self.log("data/seen_so_far", float(totals[0]), on_step=True, on_epoch=False, rank_zero_only=True)
+        self.log("data/dropped_so_far", float(totals[1]), on_step=True, on_epoch=False, rank_zero_only=True)
         self._check_dropped(int(totals[0]), int(totals[1]), None)
 
     def on_train_epoch_end(self) -> None:
@@ -485,7 +485,7 @@ def safe_load_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
+        raise UnsafeCheckpointError(
             f"refusing to load training checkpoint '{path}': it holds objects other than tensors and plain "
             f"containers (a checkpoint nextgpt wrote never does; it may have been replaced): {exc}"
         ) from None

@@ -1,10 +1,11 @@
 """Run one training stage: ``train(stage, preset=..., data=..., out=...)`` (``make stage1/2/3``).
 
 A run folder ``<out>/stage<N>/`` holds ``checkpoints/last.ckpt`` (trainable parameters + optimiser
-state + the resolved config, written atomically), ``logs/version_<k>/metrics.csv`` (one per attempt:
-a resumed run writes the next version; TensorBoard events too when it is installed)
-and, when the stage finishes, ``model/`` (``NextGPT.save_pretrained``: what the next stage and
-``NextGPT.from_pretrained`` load). Running the same command again resumes from ``last.ckpt``.
+state + the resolved config, written atomically) and ``checkpoints/previous.ckpt`` (the one before,
+the fallback when ``last.ckpt`` cannot be read), ``logs/version_<k>/metrics.csv`` (one per attempt:
+a resumed run writes the next version; each row is written when it is logged; TensorBoard events too
+when it is installed) and, when the stage finishes, ``model/`` (``NextGPT.save_pretrained``: one
+atomic folder with a manifest, what the next stage and ``NextGPT.from_pretrained`` load). Running the same command again resumes from ``last.ckpt``.
 Stage N > 1 starts from ``<out>/stage<N-1>/model`` when it exists (or ``init_from``), loading its
 trained parameters with strict key accounting.
 """
@@ -21,25 +22,116 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from nextgpt.config import NextGPTConfig, resolve_path
+from nextgpt.errors import CheckpointError, UnsafeCheckpointError
 
 logger = logging.getLogger(__name__)
 
 
+#: The checkpoint before ``last.ckpt``, kept until the next one is complete (a fallback for resume).
+PREVIOUS_CHECKPOINT = "previous.ckpt"
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write checkpoints to a temporary file and rename it into place (a crash mid-save leaves the
-    previous checkpoint intact); read them without unpickling arbitrary objects."""
+    """Write checkpoints to a temporary file, flush it to disk and rename it into place (a crash
+    mid-save leaves the previous checkpoint intact); keep the checkpoint it replaces as
+    ``previous.ckpt`` (a hard link: no second copy on disk) until the next save, so a ``last.ckpt``
+    damaged afterwards (a full disk, a partial copy) still leaves one to resume from; read them
+    without unpickling arbitrary objects."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         torch.save(checkpoint, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        if path.is_file():
+            previous = path.with_name(PREVIOUS_CHECKPOINT)
+            link = previous.with_name(previous.name + ".tmp")
+            link.unlink(missing_ok=True)
+            try:
+                os.link(path, link)
+                os.replace(link, previous)
+            except OSError:  # no hard links here: move it (resume also looks for previous.ckpt alone)
+                os.replace(path, previous)
         os.replace(tmp, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         from nextgpt.stages.modules import safe_load_checkpoint
 
         return safe_load_checkpoint(path)
+
+
+def _durable_csv_logger(save_dir: Path, name: str):
+    """Lightning's ``CSVLogger`` made crash-safe: every logged row is written at once (its default
+    keeps up to 100 rows in memory, lost on kill -9), and the file, rewritten whole when a new column
+    appears, is replaced atomically instead of truncated and refilled in place."""
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+    from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+    class DurableWriter(ExperimentWriter):
+        def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+            import csv
+
+            with open(self.metrics_file_path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            tmp = self.metrics_file_path + ".tmp"
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fieldnames)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, self.metrics_file_path)
+
+    class DurableCSVLogger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self):
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = DurableWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return DurableCSVLogger(save_dir, name=name, flush_logs_every_n_steps=1)
+
+
+def resume_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The checkpoint a rerun resumes from: ``last.ckpt``; if that cannot be read (truncated or
+    damaged), ``previous.ckpt`` with a warning; ``None`` when there is neither.
+
+    Raises:
+        CheckpointError: a checkpoint that would need unsafe unpickling, or no readable checkpoint
+            where one was written; the message says what to do.
+    """
+    from nextgpt.stages.modules import safe_load_checkpoint
+
+    last, previous = checkpoint_dir / "last.ckpt", checkpoint_dir / PREVIOUS_CHECKPOINT
+    problems = []
+    for path in (last, previous):
+        if not path.is_file():
+            continue
+        try:
+            safe_load_checkpoint(path)  # memory-mapped: opening it reads the index, not the tensors
+        except UnsafeCheckpointError:  # a file that wants to run code is never skipped over
+            raise
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            logger.warning("%s", exc)
+            continue
+        if problems:
+            logger.warning(
+                "%s cannot be read; resuming from the checkpoint before it, %s (the steps since are "
+                "trained again)",
+                last,
+                path,
+            )
+        return path
+    if not problems:
+        return None
+    raise CheckpointError(
+        f"cannot resume from '{checkpoint_dir}': no checkpoint there can be read ({'; '.join(problems)}). "
+        f"Delete '{checkpoint_dir}' to start the stage over, or train with resume=False"
+    )
 
 
 def stage_config(
@@ -73,7 +165,6 @@ def build_trainer(
     cfg: NextGPTConfig, run_dir: Path, *, max_steps: int | None = None, callbacks=(), **kwargs
 ) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
     from nextgpt.stages.parallel import build_strategy
 
@@ -83,7 +174,7 @@ def build_trainer(
         t.strategy, devices=t.devices, num_nodes=t.num_nodes, accelerator=t.accelerator, precision=t.precision
     )
     # One CSV per attempt (logs/version_N/metrics.csv): a resumed run appends a new version.
-    loggers = [CSVLogger(run_dir, name="logs")]
+    loggers = [_durable_csv_logger(run_dir, "logs")]
     try:
         import tensorboard  # noqa: F401
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -147,6 +238,13 @@ def train(
         and (root / f"stage{stage - 1}" / "model").is_dir()
     ):
         init_from = root / f"stage{stage - 1}" / "model"
+    init_state = None
+    if init_from is not None:
+        from nextgpt.checkpoint import read_model_folder
+
+        # The previous stage's folder must be one complete save (manifest checked) before its config
+        # is used.
+        _, init_state = read_model_folder(init_from)
     cfg = stage_config(stage, preset, overrides, init_from)
     if root is None:
         root = resolve_path(cfg.training.output_dir, "training.output_dir") or Path("runs") / cfg.name
@@ -154,21 +252,18 @@ def train(
     L.seed_everything(cfg.training.seed, workers=True)
 
     model = NextGPT(cfg)
-    if init_from is not None:
-        from nextgpt.checkpoint import read_state_dict
-
+    if init_state is not None:
         logger.info("stage %d starts from %s", stage, init_from)
-        model.load_trainable_state(
-            read_state_dict(Path(init_from) / "trainable.safetensors"), what=f"previous stage '{init_from}'"
-        )
+        model.load_trainable_state(init_state, what=f"previous stage '{init_from}'")
+        del init_state
     module = StageModule(cfg, stage, model)
     dm = NextGPTDataModule(cfg, stage, model.processor, data)
     shards = dm.shards()  # a missing dataset is an error before anything else runs
     # A cache that does not cover every shard of this stage is an error here, before step 1.
     dm.feature_cache, dm.caption_cache = open_caches(cfg, stage, model, dm.data_dir, shards)
     trainer = build_trainer(cfg, run_dir, max_steps=max_steps, callbacks=callbacks, **(trainer_kwargs or {}))
-    last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if resume and last.is_file() else None
+    found = resume_checkpoint(run_dir / "checkpoints") if resume else None
+    ckpt_path = str(found) if found is not None else None
     if ckpt_path:
         logger.info("resuming stage %d from %s", stage, ckpt_path)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)

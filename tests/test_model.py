@@ -255,6 +255,9 @@ def test_from_pretrained_rejects_foreign_keys(tmp_path, model: NextGPT) -> None:
     state["llm.extra"] = torch.zeros(1)
     del state["llm.new_embeddings"]
     save_file(state, str(tmp_path / "m" / "trainable.safetensors"))
+    with pytest.raises(CheckpointError, match="do not come from one save"):  # the manifest catches it
+        NextGPT.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "nextgpt.json").unlink()  # a folder of an older nextgpt: keys are still checked
     with pytest.raises(
         CheckpointError, match=r"missing key\(s\): llm.new_embeddings.*unexpected key\(s\): llm.extra"
     ):
