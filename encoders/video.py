@@ -20,6 +20,11 @@ ImageBind's own ``SpatialCrop``) without pytorchvideo or torchvision:
   centre; left / centre / right for landscape (or square) frames, top / centre / bottom for portrait.
 
 The result is ``[clips * 3, 3, frames_per_clip, size, size]``, clip-major then crop.
+
+Hostile input is bounded before any frame is decoded: the frame size (default
+:data:`DEFAULT_MAX_VIDEO_PIXELS`) and duration (:data:`DEFAULT_MAX_VIDEO_SECONDS`) come from the
+container header (PyAV), the duration again from the frame count and rate, and the pixels one call
+decodes are limited (:data:`DEFAULT_MAX_DECODED_PIXELS`).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from nextgpt.errors import InputError
-from nextgpt.media import Video
+from nextgpt.media import MAX_FPS, Video
 
 from ._io import existing_file, reason
 from .clips import clip_timepoints
@@ -63,6 +68,79 @@ VIDEO_EXTENSIONS = frozenset(
 )
 
 
+#: Largest frame (width x height pixels) :func:`preprocess_video` accepts by default: 36 MP holds 8K UHD
+#: (7680 x 4320 = 33.2 MP) and 8K DCI (8192 x 4320 = 35.4 MP). Read from the container header (PyAV)
+#: before decord opens the file.
+DEFAULT_MAX_VIDEO_PIXELS = 36_000_000
+#: Longest video (seconds) accepted by default, from the header and again from decord's frame count.
+DEFAULT_MAX_VIDEO_SECONDS = 600.0
+#: Most pixels one :func:`preprocess_video` call decodes and holds by default (the kept frames times
+#: their size): the default 10 frames (5 clips x 2) at the default frame limit. About 1.1 GB as RGB.
+DEFAULT_MAX_DECODED_PIXELS = 10 * DEFAULT_MAX_VIDEO_PIXELS
+
+
+def _check_frame_size(name: str, width: int, height: int, max_pixels: int | None) -> None:
+    if width <= 0 or height <= 0:
+        raise InputError(f"cannot decode video {name}: its frames are empty ({width}x{height} pixels)")
+    if max_pixels is not None and width * height > max_pixels:
+        raise InputError(
+            f"video {name} has frames of {width}x{height} = {width * height} pixels, above the limit of "
+            f"{max_pixels} per frame (pass a larger max_pixels to accept it)"
+        )
+
+
+def _check_rate_and_length(name: str, num_frames: int, fps: float, max_seconds: float | None) -> None:
+    if num_frames <= 0:
+        raise InputError(f"cannot decode video {name}: it has no video frames")
+    if not (math.isfinite(fps) and 0.0 < fps <= MAX_FPS):
+        raise InputError(
+            f"cannot decode video {name}: invalid frame rate {fps} (valid: finite, in (0, {MAX_FPS:g}] fps)"
+        )
+    seconds = num_frames / fps
+    if max_seconds is not None and seconds > max_seconds:
+        raise InputError(
+            f"video {name} is too long: {num_frames} frames at {fps:.3f} fps = {seconds:.1f} s, above the "
+            f"limit of {max_seconds:g} s (pass a larger max_seconds to accept it)"
+        )
+
+
+def _probe_header(
+    path: os.PathLike, name: str, max_pixels: int | None, max_seconds: float | None
+) -> tuple[int, int]:
+    """Check the frame size and the duration a video file's header gives, before any frame is decoded;
+    returns ``(width, height)``.
+
+    PyAV reads the container header (and at most what FFmpeg's stream probing needs); a file whose
+    header gives no frame size is refused, since nothing could then bound the decoding.
+    """
+    try:
+        import av
+
+        with av.open(os.fspath(path)) as container:
+            streams = container.streams.video
+            if not streams:
+                raise ValueError("the file has no video stream")
+            try:
+                stream = container.streams.best("video") or streams[0]
+            except Exception:
+                stream = streams[0]
+            width = int(stream.codec_context.width or 0)
+            height = int(stream.codec_context.height or 0)
+            if stream.duration is not None and stream.time_base is not None:
+                seconds = float(stream.duration * stream.time_base)
+            else:
+                seconds = container.duration / 1e6 if container.duration else None
+    except Exception as exc:
+        raise InputError(f"cannot decode video {name}: {reason(exc)}") from exc
+    _check_frame_size(name, width, height, max_pixels)
+    if max_seconds is not None and seconds is not None and seconds > max_seconds:
+        raise InputError(
+            f"video {name} is too long: its header says {seconds:.1f} s, above the limit of {max_seconds:g} s "
+            "(pass a larger max_seconds to accept it)"
+        )
+    return width, height
+
+
 class _ArrayFrames:
     """Frames held in memory (a :class:`~nextgpt.media.Video` built from an array)."""
 
@@ -76,6 +154,7 @@ class _ArrayFrames:
         self.frames = frames
         self.num_frames = int(frames.shape[0])
         self.fps = float(video.fps)
+        self.height, self.width = int(frames.shape[1]), int(frames.shape[2])
 
     def get(self, indices: Sequence[int]) -> np.ndarray:
         return self.frames[list(indices)]  # [k, H, W, 3]
@@ -84,22 +163,21 @@ class _ArrayFrames:
 class _DecordFrames:
     """Frames of a video file, decoded by decord (the decoder upstream ImageBind uses)."""
 
-    def __init__(self, path: os.PathLike) -> None:
+    def __init__(self, path: os.PathLike, max_pixels: int | None, max_seconds: float | None) -> None:
         self.name = f"'{path}'"
         try:
             import decord
         except ImportError as exc:  # pragma: no cover - decord is a dependency
             raise InputError(f"cannot decode video {self.name}: decord is not installed") from exc
+        # Frame size and duration from the header, before decord allocates anything.
+        self.width, self.height = _probe_header(path, self.name, max_pixels, max_seconds)
         try:
             self._reader = decord.VideoReader(os.fspath(path), ctx=decord.cpu(0))
             self.num_frames = len(self._reader)
             self.fps = float(self._reader.get_avg_fps())
         except Exception as exc:
             raise InputError(f"cannot decode video {self.name}: {reason(exc)}") from exc
-        if self.num_frames <= 0:
-            raise InputError(f"cannot decode video {self.name}: it has no video frames")
-        if not (math.isfinite(self.fps) and self.fps > 0):
-            raise InputError(f"cannot decode video {self.name}: invalid frame rate {self.fps}")
+        _check_rate_and_length(self.name, self.num_frames, self.fps, max_seconds)
 
     def get(self, indices: Sequence[int]) -> np.ndarray:
         try:
@@ -120,7 +198,7 @@ class _AVFrames:
     needed and keeps only the requested ones. Alpha is dropped, as in a conversion to RGB.
     """
 
-    def __init__(self, path: os.PathLike) -> None:
+    def __init__(self, path: os.PathLike, max_pixels: int | None, max_seconds: float | None) -> None:
         self.name = f"'{path}'"
         self._path = os.fspath(path)
         try:
@@ -130,16 +208,20 @@ class _AVFrames:
                 if not container.streams.video:
                     raise ValueError("the file has no video stream")
                 stream = container.streams.video[0]
+                self.width = int(stream.codec_context.width or 0)
+                self.height = int(stream.codec_context.height or 0)
+                _check_frame_size(self.name, self.width, self.height, max_pixels)  # before decoding
                 rate = stream.average_rate or stream.guessed_rate
                 self.num_frames = sum(1 for packet in container.demux(stream) if packet.size)
                 seconds = (container.duration or 0) / 1e6
+        except InputError:
+            raise
         except Exception as exc:
             raise InputError(f"cannot decode video {self.name}: {reason(exc)}") from exc
         if self.num_frames <= 0:
             raise InputError(f"cannot decode video {self.name}: it has no video frames")
         self.fps = float(rate) if rate else (self.num_frames / seconds if seconds > 0 else 0.0)
-        if not (math.isfinite(self.fps) and self.fps > 0):
-            raise InputError(f"cannot decode video {self.name}: invalid frame rate {self.fps}")
+        _check_rate_and_length(self.name, self.num_frames, self.fps, max_seconds)
 
     def get(self, indices: Sequence[int]) -> np.ndarray:
         wanted = set(indices)
@@ -162,13 +244,18 @@ class _AVFrames:
         return np.stack([kept[i] for i in indices])  # [k, H, W, 3]
 
 
-def _open(src: Video | str | os.PathLike) -> _ArrayFrames | _DecordFrames | _AVFrames:
+def _open(
+    src: Video | str | os.PathLike, max_pixels: int | None, max_seconds: float | None
+) -> _ArrayFrames | _DecordFrames | _AVFrames:
     if isinstance(src, (str, os.PathLike)):
         src = Video(src)
     if not isinstance(src, Video):
         raise InputError(f"video must be a nextgpt.Video or a path, got {type(src).__name__}")
     if src.path is None:
-        return _ArrayFrames(src)
+        frames = _ArrayFrames(src)
+        _check_frame_size(frames.name, frames.width, frames.height, max_pixels)
+        _check_rate_and_length(frames.name, frames.num_frames, frames.fps, max_seconds)
+        return frames
     path = existing_file(src.path, "video")
     if path.suffix.lower() not in VIDEO_EXTENSIONS:
         raise InputError(
@@ -176,8 +263,8 @@ def _open(src: Video | str | os.PathLike) -> _ArrayFrames | _DecordFrames | _AVF
             f"(supported: {', '.join(sorted(VIDEO_EXTENSIONS))})"
         )
     if path.suffix.lower() == ".gif":
-        return _AVFrames(path)
-    return _DecordFrames(path)
+        return _AVFrames(path, max_pixels, max_seconds)
+    return _DecordFrames(path, max_pixels, max_seconds)
 
 
 def clip_frame_indices(
@@ -233,6 +320,9 @@ def preprocess_video(
     clips_per_video: int = 5,
     frames_per_clip: int = 2,
     size: int = 224,
+    max_pixels: int | None = DEFAULT_MAX_VIDEO_PIXELS,
+    max_seconds: float | None = DEFAULT_MAX_VIDEO_SECONDS,
+    max_decoded_pixels: int | None = DEFAULT_MAX_DECODED_PIXELS,
 ) -> torch.Tensor:
     """ImageBind vision input for one video: float32 ``[clips * 3, 3, frames_per_clip, size, size]``.
 
@@ -242,13 +332,23 @@ def preprocess_video(
         clips_per_video: clips placed over the video.
         frames_per_clip: frames kept per clip (ImageBind's temporal patch covers 2).
         size: output side; frames are short-side scaled to it, then cropped 3 times.
+        max_pixels: refuse frames larger than this (width x height). For files it is read from the
+            container header (PyAV) before decord opens the file or any frame is decoded.
+        max_seconds: refuse videos longer than this: the header's duration first, then the frame
+            count over the average frame rate (decord's, or PyAV's for GIFs) before decoding.
+        max_decoded_pixels: refuse a call that would decode and hold more pixels than this (the
+            distinct frames the clips keep times the frame size), checked before decoding.
+
+        ``None`` lifts a limit. Frame rates must be finite and in (0, :data:`~nextgpt.media.MAX_FPS`].
 
     Raises:
-        InputError: missing file, unknown extension, corrupt or truncated file, no decodable frame.
+        InputError: missing file, unknown extension, corrupt or truncated file, no decodable frame, a
+            header without a frame size, an invalid frame rate, or a limit exceeded (the message names
+            the file, the measured value and the limit).
     """
     if frames_per_clip < 1:
         raise ValueError(f"frames_per_clip must be >= 1, got {frames_per_clip}")
-    frames = _open(src)
+    frames = _open(src, max_pixels, max_seconds)
     duration = float(frames.num_frames) / float(frames.fps)
     clips = clip_timepoints(duration, clip_duration, clips_per_video)
     try:
@@ -260,7 +360,16 @@ def preprocess_video(
         raise InputError(f"cannot read video {frames.name}: {exc}") from exc
 
     wanted = sorted({i for idx in per_clip for i in idx})
+    pixels = len(wanted) * frames.width * frames.height
+    if max_decoded_pixels is not None and pixels > max_decoded_pixels:
+        raise InputError(
+            f"video {frames.name}: decoding {len(wanted)} frames of {frames.width}x{frames.height} means "
+            f"{pixels} pixels, above the limit of {max_decoded_pixels} (pass a larger max_decoded_pixels "
+            "to accept it)"
+        )
     decoded = frames.get(wanted)  # [k, H, W, 3] uint8
+    # The decoder's frames, in case they are larger than the header said.
+    _check_frame_size(frames.name, int(decoded.shape[2]), int(decoded.shape[1]), max_pixels)
     row = {frame: k for k, frame in enumerate(wanted)}
     logger.debug(
         "video %s: %d frames at %.3f fps, decoded %s", frames.name, frames.num_frames, frames.fps, wanted
