@@ -6,6 +6,7 @@
     nextgpt chat [--preset small | --model DIR]
     nextgpt import-legacy pytorch_model.pt --out DIR [--preset nextgpt-7b-legacy] [--override K=V ...]
     nextgpt serve [--preset small | --model DIR] [--host 127.0.0.1] [--port 7860]
+                  [--session-ttl-minutes 60] [--max-disk-mb 2048]
     nextgpt data convert FORMAT --input JSON --media-dir DIR --out DIR
     nextgpt data demo --out DIR
     nextgpt cache encoder|captions --data DIR --out DIR --stage N [--device cuda] [--num-processes N]
@@ -13,6 +14,16 @@
 
 Errors print one line (the typed error's message) and exit non-zero; ``--verbose`` shows the
 traceback and debug logging.
+
+``nextgpt chat`` survives bad input: ``/image``, ``/audio`` and ``/video`` decode the file when it is
+attached and refuse a bad one with its error (nothing is attached); any error in a turn (a typed error
+or any other exception) prints one ``error:`` line, the failed turn is not added to the history and
+the pending attachments are dropped, and the chat goes on. EOF and ``/quit`` end the chat; Ctrl-C ends
+it with ``interrupted`` (exit status 130).
+
+``nextgpt serve`` keeps each chat to its last 8 rounds, closes sessions idle for
+``--session-ttl-minutes`` (60) and keeps all sessions' files under ``--max-disk-mb`` (2048); on
+SIGTERM/SIGINT it removes the sessions' files (see :mod:`nextgpt.web`).
 """
 
 from __future__ import annotations
@@ -124,9 +135,40 @@ CHAT_HELP = """commands: /image PATH  /audio PATH  /video PATH  attach media to 
           /save DIR  save the last reply's media   /reset  clear history   /quit"""
 
 
-def cmd_chat(args, stdin=None) -> int:
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line: the typed error's message, or ``Type: message`` for any other."""
+    text = str(exc) if isinstance(exc, NextGPTError) else f"{type(exc).__name__}: {exc}".rstrip(": ")
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _attachment(cmd: str, path: Path):
+    """The checked input part for ``/image``, ``/audio`` or ``/video`` PATH: the file is decoded now
+    with the loaders ``generate`` uses, so a bad file is refused here instead of failing every later
+    message. Raises :class:`InputError` (or whatever a loader raised)."""
+    from nextgpt.encoders import load_audio, load_image, preprocess_video
+    from nextgpt.errors import InputError
     from nextgpt.media import Audio, Video
 
+    if not path.is_file():
+        raise InputError(f"no such file: {path}")
+    if cmd == "/image":
+        load_image(path)
+        return path
+    if cmd == "/audio":
+        load_audio(path)
+        return Audio(path)
+    preprocess_video(Video(path), size=32)  # decodes the frames the encoder will read
+    return Video(path)
+
+
+def cmd_chat(args, stdin=None) -> int:
+    """The terminal chat loop.
+
+    An attachment is checked when attached (a bad one is refused with its error); whatever a turn
+    raises (a typed error or any other exception) prints one ``error:`` line, the failed turn stays out
+    of the history and the pending attachments are dropped; the chat goes on. EOF and ``/quit`` end it;
+    Ctrl-C ends it through :func:`main` (``interrupted``, exit status 130).
+    """
     stdin = stdin or sys.stdin
     model = _load_model(args)
     kwargs = _generate_kwargs(args)
@@ -150,10 +192,13 @@ def cmd_chat(args, stdin=None) -> int:
                     break
                 elif cmd in ("/image", "/audio", "/video"):
                     path = Path(arg).expanduser()
-                    if not path.is_file():
-                        print(f"error: no such file: {path}")
+                    try:
+                        part = _attachment(cmd, path)
+                    except Exception as exc:
+                        logger.debug("attachment %s refused", path, exc_info=True)
+                        print(f"error: {_one_line(exc)} (not attached)")
                         continue
-                    pending.append({"/image": path, "/audio": Audio(path), "/video": Video(path)}[cmd])
+                    pending.append(part)
                     print(f"attached {path.name}")
                 elif cmd == "/modalities":
                     kwargs["modalities"] = None if arg in ("", "auto") else arg.split(",")
@@ -169,16 +214,19 @@ def cmd_chat(args, stdin=None) -> int:
                     print("history cleared")
                 else:
                     print(CHAT_HELP)
-            except NextGPTError as exc:
-                print(f"error: {exc}")
+            except Exception as exc:
+                logger.debug("command %s failed", cmd, exc_info=True)
+                print(f"error: {_one_line(exc)}")
             continue
         user = {"role": "user", "content": [*pending, line]}
+        attached, pending = len(pending), []  # used by this turn, whatever happens to it
         try:
             last = model.generate([*history, user], **kwargs)
-        except NextGPTError as exc:
-            print(f"error: {exc}")
+        except Exception as exc:  # not KeyboardInterrupt: Ctrl-C still ends the chat
+            logger.debug("turn failed", exc_info=True)
+            dropped = f" ({attached} attachment(s) dropped)" if attached else ""
+            print(f"error: {_one_line(exc)}{dropped}")
             continue
-        pending = []
         history += [user, {"role": "assistant", "content": last.text or "(media)"}]
         print(last.text)
         media = len(last.images) + len(last.audios) + len(last.videos)
@@ -208,6 +256,8 @@ def cmd_serve(args) -> int:
         device=args.device,
         host=args.host,
         port=args.port,
+        session_ttl_s=args.session_ttl_minutes * 60,
+        max_total_mb=args.max_disk_mb,
     )
     return 0
 
@@ -316,6 +366,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument(
+        "--session-ttl-minutes",
+        type=float,
+        default=60,
+        help="close chat sessions idle this long and delete their files (default 60)",
+    )
+    p.add_argument(
+        "--max-disk-mb",
+        type=float,
+        default=2048,
+        help="size limit of all sessions' files together; least recently used idle sessions are "
+        "closed first, then uploads are refused (default 2048)",
+    )
     p.set_defaults(func=cmd_serve)
 
     data = sub.add_parser("data", help="training data: convert upstream formats, build the demo set")

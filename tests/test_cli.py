@@ -194,6 +194,118 @@ def test_chat_reads_stdin_in_a_subprocess(tmp_path) -> None:
     assert "Traceback" not in res.stderr
 
 
+class ScriptedModel:
+    """The real tiny model behind ``nextgpt chat``, recording each ``generate`` call's messages and
+    raising ``fail[k]`` instead of answering the k-th call (0-based) when given."""
+
+    def __init__(self, model, fail: dict[int, BaseException] | None = None) -> None:
+        self.model = model
+        self.fail = fail or {}
+        self.calls: list[list[dict]] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def generate(self, inputs, **kwargs):
+        self.calls.append(inputs)
+        if len(self.calls) - 1 in self.fail:
+            raise self.fail[len(self.calls) - 1]
+        return self.model.generate(inputs, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model():
+    return NextGPT.from_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def chat_media(tmp_path_factory) -> dict[str, Path]:
+    from media_fixtures import synthetic_image
+
+    d = tmp_path_factory.mktemp("chat-media")
+    good = d / "good.png"
+    Image.fromarray(synthetic_image(32, 24)).save(good)
+    bad = d / "broken.png"
+    bad.write_bytes(b"not a picture at all \x00\x01" * 10)
+    return {"good": good, "bad": bad}
+
+
+def _chat(monkeypatch, model, script: list[str], *extra: str) -> int:
+    """Run ``cmd_chat`` on ``model`` with ``script`` as stdin (text outputs only, 2 new tokens)."""
+    monkeypatch.setattr("nextgpt.cli._load_model", lambda args: model)
+    args = build_parser().parse_args(["chat", "--max-new-tokens", "2", "--modalities", "text", *extra])
+    return cmd_chat(args, stdin=io.StringIO("\n".join(script) + "\n"))
+
+
+def test_chat_bad_image_is_dropped_and_the_next_message_works(
+    tiny_chat_model, chat_media, monkeypatch, capsys
+) -> None:
+    model = ScriptedModel(tiny_chat_model)
+    script = ["/image " + str(chat_media["bad"]), "Hello?", "/image " + str(chat_media["good"]), "And this?"]
+    rc = _chat(monkeypatch, model, script)
+    out = capsys.readouterr().out
+    assert rc == 0
+    refusals = [line for line in out.splitlines() if "error:" in line]
+    # refused when attached, with the loader's message naming the file; nothing else failed
+    assert len(refusals) == 1 and "cannot decode image" in refusals[0] and "broken.png" in refusals[0]
+    assert refusals[0].endswith("(not attached)")
+    assert "attached good.png" in out
+    # both messages reached the model; the bad file never did, the good one went with its message
+    assert len(model.calls) == 2
+    assert model.calls[0] == [{"role": "user", "content": ["Hello?"]}]
+    *history, user = model.calls[1]
+    assert [m["role"] for m in history] == ["user", "assistant"] and history[0]["content"] == ["Hello?"]
+    assert user == {"role": "user", "content": [chat_media["good"], "And this?"]}
+
+
+def test_chat_survives_any_error_in_a_turn(
+    tiny_chat_model, chat_media, monkeypatch, capsys, tmp_path
+) -> None:
+    model = ScriptedModel(tiny_chat_model, fail={0: RuntimeError("CUDA out of memory.\nTried to allocate")})
+    not_a_dir = tmp_path / "file.txt"
+    not_a_dir.write_text("x")
+    script = [
+        "/image " + str(chat_media["good"]),
+        "First question",  # generate raises RuntimeError: one line, the chat goes on
+        "Second question",
+        "/save " + str(not_a_dir / "sub"),  # an OSError in a command: one line, the chat goes on
+        "Third question",
+    ]
+    rc = _chat(monkeypatch, model, script)
+    out = capsys.readouterr().out
+    assert rc == 0
+    errors = [line for line in out.splitlines() if "error:" in line]
+    assert len(errors) == 2, out
+    assert errors[0].endswith(
+        "error: RuntimeError: CUDA out of memory. Tried to allocate (1 attachment(s) dropped)"
+    )
+    assert "file.txt" in errors[1]
+    assert len(model.calls) == 3
+    # the failed turn (and its attachment) is not in the history of the next turns
+    assert model.calls[1] == [{"role": "user", "content": ["Second question"]}]
+    assert [m["content"] for m in model.calls[2] if m["role"] == "user"] == [
+        ["Second question"],
+        ["Third question"],
+    ]
+
+    # Ctrl-C during a turn still ends the chat (through main: "interrupted", status 130)
+    model = ScriptedModel(tiny_chat_model, fail={1: KeyboardInterrupt()})
+    monkeypatch.setattr("nextgpt.cli._load_model", lambda args: model)
+    monkeypatch.setattr("sys.stdin", io.StringIO("one\ntwo\nthree\n"))
+    assert main(["chat", "--max-new-tokens", "2", "--modalities", "text"]) == 130
+    captured = capsys.readouterr()
+    assert "interrupted" in captured.err and "Traceback" not in captured.err
+    assert len(model.calls) == 2  # "three" was never sent
+
+
+def test_serve_limit_options_match_the_web_defaults() -> None:
+    from nextgpt import web
+
+    args = build_parser().parse_args(["serve"])
+    assert args.session_ttl_minutes * 60 == web.DEFAULT_SESSION_TTL_S
+    assert args.max_disk_mb * 2**20 == web.DEFAULT_MAX_TOTAL_BYTES
+
+
 # ------------------------------------------------------------------ data, train, import-legacy
 
 
@@ -253,7 +365,7 @@ HELP = {
     + ["--modalities", "--seed", "--max-new-tokens", "--steps", "--guidance", "--device"],
     ("chat",): ["--preset", "--model", "--override", "--modalities", "--seed", "--max-new-tokens"],
     ("import-legacy",): ["checkpoint", "--out", "--preset", "--override"],
-    ("serve",): ["--preset", "--model", "--host", "--port"],
+    ("serve",): ["--preset", "--model", "--host", "--port", "--session-ttl-minutes", "--max-disk-mb"],
     ("data",): ["convert", "demo"],
     ("data", "convert"): ["format", "--input", "--media-dir", "--out", "--max-per-shard"],
     ("data", "demo"): ["--out", "--seed"],

@@ -413,6 +413,7 @@ def served_app(tiny_model, tmp_path_factory):
         yield app, f"http://127.0.0.1:{port}/"
     finally:
         app.close()
+        app.nextgpt_backend.close()  # stops its reaper thread, removes the sessions' folders
 
 
 @pytest.fixture(scope="module")
@@ -533,4 +534,4 @@ def test_serve_binds_loopback_and_serves_the_page(tmp_path):
         assert page.status_code == 200 and "NExT-GPT chat" in page.text
         assert app.max_file_size == 1024 * 1024  # gradio refuses larger uploads before our checks
     finally:
-        app.close()
+        app.nextgpt_cleanup()  # closes the app, its sessions and the gradio cache folder serve made
