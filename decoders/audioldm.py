@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from nextgpt.decoders.base import Decoder, ProgressCallback, check_captions, warn_truncated
 from nextgpt.decoders.tiny import tiny_audioldm_components
 from nextgpt.dtypes import no_autocast
-from nextgpt.errors import ConfigError
+from nextgpt.errors import ConfigError, InputError
 from nextgpt.modality import Modality
 
 if TYPE_CHECKING:
@@ -165,16 +165,39 @@ class AudioLDMDecoder(Decoder):
 
         Returns:
             ``B`` float32 mono waveforms ``[round-down(audio_length_in_s * sample_rate)]`` at :attr:`sample_rate`.
+
+        Raises:
+            InputError: an option outside its range (steps in [1, 500], guidance in [0, 100], seed
+                in [0, 2**64 - 1], audio length in [0.05, 60] s and at least the pipeline's minimum
+                of VAE-scale-factor mel frames; see :mod:`nextgpt.validate`) or conditioning of the
+                wrong shape.
         """
-        out = self._run(
-            cond,
-            negative=negative,
+        opts = self._checked_options(
+            callback=callback,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             seed=seed,
+            audio_length_in_s=audio_length_in_s,
+        )
+        length = opts["audio_length_in_s"] or self.audio_length_in_s
+        pipe = self.load()
+        # AudioLDMPipeline.check_inputs: at least vae_scale_factor mel frames of the vocoder's hop.
+        hop = float(np.prod(pipe.vocoder.config.upsample_rates)) / pipe.vocoder.config.sampling_rate
+        shortest = hop * pipe.vae_scale_factor
+        if length < shortest:
+            raise InputError(
+                f"audioldm decoder: audio_length_in_s must be at least {shortest:g} s for this pipeline "
+                f"({pipe.vae_scale_factor} mel frames of {hop:g} s), got {length:g}"
+            )
+        out = self._run(
+            cond,
+            negative=negative,
+            num_inference_steps=opts["num_inference_steps"],
+            guidance_scale=opts["guidance_scale"],
+            seed=opts["seed"],
             callback=callback,
             output_type="np",
-            media_kwargs={"audio_length_in_s": audio_length_in_s or self.audio_length_in_s},
+            media_kwargs={"audio_length_in_s": length},
         )
         audios = np.asarray(out.audios, dtype=np.float32)  # (B, N)
         return [np.ascontiguousarray(audio) for audio in audios]

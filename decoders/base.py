@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from nextgpt.dtypes import no_autocast, torch_dtype
-from nextgpt.errors import CheckpointError, ConfigError
+from nextgpt.errors import CheckpointError, ConfigError, InputError
 from nextgpt.modality import Modality
 
 if TYPE_CHECKING:
@@ -434,20 +434,20 @@ class Decoder(abc.ABC):
             ``[B, tokens, dim]`` on the execution device, in the decoder dtype.
 
         Raises:
-            ValueError: naming the expected and the given shape.
+            InputError: (a ``ValueError``) naming the expected and the given shape or type.
         """
         tokens, dim = self.cond_shape
         if not isinstance(cond, torch.Tensor):
-            raise TypeError(f"{self.kind} decoder: {name} must be a torch.Tensor, got {type(cond).__name__}")
+            raise InputError(f"{self.kind} decoder: {name} must be a torch.Tensor, got {type(cond).__name__}")
         if cond.ndim == 2 and tokens == 1:
             cond = cond[:, None, :]  # (B, 1, dim)
         if cond.ndim != 3 or cond.shape[0] == 0 or cond.shape[-1] != dim or not 1 <= cond.shape[1] <= tokens:
-            raise ValueError(
+            raise InputError(
                 f"{self.kind} decoder: {name} must be [B, {tokens}, {dim}] (fewer than {tokens} tokens are "
                 f"zero-padded), got {list(cond.shape)}"
             )
         if not torch.is_floating_point(cond):
-            raise ValueError(f"{self.kind} decoder: {name} must be a floating-point tensor, got {cond.dtype}")
+            raise InputError(f"{self.kind} decoder: {name} must be a floating-point tensor, got {cond.dtype}")
         if cond.shape[1] < tokens:
             cond = F.pad(cond, (0, 0, 0, tokens - cond.shape[1]))  # (B, tokens, dim)
         return cond.to(device=self._exec_device, dtype=self.dtype)
@@ -466,6 +466,25 @@ class Decoder(abc.ABC):
 
         return {"callback": on_step, "callback_steps": 1}
 
+    def _checked_options(self, *, callback: Any = None, **options: Any) -> dict[str, Any]:
+        """The public :meth:`generate` options checked once, before the pipeline runs: ``None``
+        (the decoder's default) or a value in the range :mod:`nextgpt.validate` documents
+        (``num_inference_steps`` in [1, 500], ``guidance_scale`` in [0, 100], ``seed`` in
+        [0, 2**64 - 1], ``height``/``width`` multiples of 8 in [8, 2048], ``num_frames`` in
+        [1, 256], ``audio_length_in_s`` in [0.05, 60]); ``callback`` None or callable.
+
+        Raises:
+            InputError: naming the argument and its valid range.
+        """
+        from nextgpt.validate import check_callback, check_decoder_options
+
+        prefix = f"{self.kind} decoder: "
+        try:
+            check_callback(callback)
+        except InputError as err:
+            raise InputError(f"{prefix}{err}") from None
+        return check_decoder_options(options, prefix=prefix)
+
     def _run(
         self,
         cond: torch.Tensor,
@@ -480,16 +499,16 @@ class Decoder(abc.ABC):
     ) -> Any:
         """Drive the pipeline with our conditioning; returns the pipeline's output object."""
         pipe = self.load()
-        cond = self.prepare_conditioning(cond.detach())
+        cond = self.prepare_conditioning(cond).detach()
         batch = cond.shape[0]
         if negative is None:
             negative = self.negative_conditioning(batch)
         else:
-            negative = self.prepare_conditioning(negative.detach(), name="negative")
+            negative = self.prepare_conditioning(negative, name="negative").detach()
             if negative.shape[0] == 1 and batch > 1:
                 negative = negative.expand(batch, -1, -1)
             elif negative.shape[0] != batch:
-                raise ValueError(
+                raise InputError(
                     f"{self.kind} decoder: negative has batch {negative.shape[0]} but cond has batch {batch} "
                     "(pass one negative per item, or one for all)"
                 )

@@ -110,16 +110,29 @@ class StableDiffusionDecoder(ClipTextDecoder):
 
         Returns:
             ``B`` RGB PIL images of ``width x height``.
+
+        Raises:
+            InputError: an option outside its range (steps in [1, 500], guidance in [0, 100], seed
+                in [0, 2**64 - 1], height/width multiples of 8 in [8, 2048]; see
+                :mod:`nextgpt.validate`) or conditioning of the wrong shape.
         """
-        out = self._run(
-            cond,
-            negative=negative,
+        opts = self._checked_options(
+            callback=callback,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             seed=seed,
+            height=height,
+            width=width,
+        )
+        out = self._run(
+            cond,
+            negative=negative,
+            num_inference_steps=opts["num_inference_steps"],
+            guidance_scale=opts["guidance_scale"],
+            seed=opts["seed"],
             callback=callback,
             output_type="pil",
-            media_kwargs={"height": height or self.height, "width": width or self.width},
+            media_kwargs={"height": opts["height"] or self.height, "width": opts["width"] or self.width},
         )
         flagged = getattr(out, "nsfw_content_detected", None)
         if flagged and any(flagged):

@@ -104,19 +104,33 @@ class ZeroscopeDecoder(ClipTextDecoder):
 
         Returns:
             ``B`` uint8 arrays ``[num_frames, height, width, 3]``, to be played at :attr:`fps`.
+
+        Raises:
+            InputError: an option outside its range (steps in [1, 500], guidance in [0, 100], seed
+                in [0, 2**64 - 1], height/width multiples of 8 in [8, 2048], frames in [1, 256]; see
+                :mod:`nextgpt.validate`) or conditioning of the wrong shape.
         """
-        out = self._run(
-            cond,
-            negative=negative,
+        opts = self._checked_options(
+            callback=callback,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             seed=seed,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+        )
+        out = self._run(
+            cond,
+            negative=negative,
+            num_inference_steps=opts["num_inference_steps"],
+            guidance_scale=opts["guidance_scale"],
+            seed=opts["seed"],
             callback=callback,
             output_type="np",
             media_kwargs={
-                "height": height or self.height,
-                "width": width or self.width,
-                "num_frames": num_frames or self.num_frames,
+                "height": opts["height"] or self.height,
+                "width": opts["width"] or self.width,
+                "num_frames": opts["num_frames"] or self.num_frames,
             },
         )
         frames = np.asarray(out.frames)  # (B, T, H, W, 3) float in [0, 1]

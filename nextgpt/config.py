@@ -1108,6 +1108,8 @@ def _load_yaml(text: str, source: str) -> Any:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: invalid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply to parse") from None
 
 
 def _presets_dir() -> Any:
@@ -1207,6 +1209,11 @@ class NextGPTConfig(_Node):
             text = file.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"config file {file} does not exist") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(
+                f"config file {file} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                f"{err.start}); a config is a UTF-8 YAML file"
+            ) from None
         except OSError as err:
             raise ConfigError(f"cannot read config file {file}: {err}") from None
         return cls._from_text(text, str(file))

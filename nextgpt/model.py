@@ -41,7 +41,6 @@ from nextgpt.processor import MediaItem, Processor, parse_inputs
 logger = logging.getLogger(__name__)
 
 
-
 def resolve_template(template: str, tokenizer) -> str:
     """``auto``: the tokenizer's own chat template when it has one, else ``vicuna_v1``."""
     if template != "auto":
@@ -377,6 +376,14 @@ class NextGPT(nn.Module):
 
     # ------------------------------------------------------------------ generation
 
+    @property
+    def context_length(self) -> int:
+        """The LLM's context length in tokens (``max_position_embeddings``): the bound of
+        ``max_new_tokens``."""
+        hf_config = getattr(getattr(self.llm, "model", None), "config", None)
+        context = getattr(hf_config, "max_position_embeddings", None)
+        return int(context or self.config.model.llm.max_position_embeddings)
+
     @torch.no_grad()
     def generate(
         self,
@@ -405,14 +412,44 @@ class NextGPT(nn.Module):
                 signal tokens). A list: media modalities in it are always produced (their signal run
                 is appended if the LLM does not emit it); media modalities not in it are never
                 produced (their signal tokens are suppressed); text is returned only if listed.
-            max_new_tokens: text budget (a signal run started at the limit is still completed).
-            do_sample, temperature, top_p: sampling; greedy when ``do_sample`` is False.
+            max_new_tokens: text budget, an int in ``[1, context length]`` (the LLM's
+                ``max_position_embeddings``); a signal run started at the limit is still completed.
+            do_sample, temperature, top_p: sampling; greedy when ``do_sample`` is False or
+                ``temperature`` is 0. ``temperature``: 0 or a finite normal float > 0 (negative,
+                NaN, inf and subnormal values are refused); ``top_p`` in ``(0, 1]``.
             stop: strings that end the answer (not returned), besides EOS and the template's own
-                (``vicuna_v0``: ``###``, as the legacy code stops).
-            seed: makes sampling and diffusion reproducible.
+                (``vicuna_v0``: ``###``, as the legacy code stops): a list of non-empty str, or one
+                str (a single stop string, not a set of characters).
+            seed: makes sampling and diffusion reproducible; an int in ``[0, 2**64 - 1]`` (media
+                item ``i`` of the call uses ``seed + i``, wrapping inside that range).
             num_inference_steps, guidance_scale, height, width, num_frames, audio_length_in_s:
-                decoder options (defaults from each decoder's config).
+                decoder options (defaults from each decoder's config): steps in ``[1, 500]``,
+                guidance in ``[0, 100]``, height/width multiples of 8 in ``[8, 2048]``, frames in
+                ``[1, 256]``, audio length in ``[0.05, 60]`` seconds.
+            progress: log each diffusion step (a bool).
+
+        Every argument is checked before any work starts (see :mod:`nextgpt.validate`): a bad value
+        raises :class:`~nextgpt.errors.InputError` naming it and its valid range.
         """
+        from nextgpt import validate as check
+
+        max_new_tokens = check.check_int("max_new_tokens", max_new_tokens, low=1, high=self.context_length)
+        do_sample = check.check_bool("do_sample", do_sample)
+        temperature = check.check_temperature(temperature)
+        top_p = check.check_real("top_p", top_p, low=0.0, high=1.0, low_open=True)
+        stops = self._stops(stop)
+        seed = check.check_seed(seed)
+        progress = check.check_bool("progress", progress)
+        dec_kwargs = check.check_decoder_options(
+            {
+                "num_inference_steps": num_inference_steps,
+                "guidance_scale": guidance_scale,
+                "height": height,
+                "width": width,
+                "num_frames": num_frames,
+                "audio_length_in_s": audio_length_in_s,
+            }
+        )
         allowed, forced, want_text = self._parse_modalities(modalities)
         self.eval()
         self.llm.set_lora_merged(True)  # inference: one matmul per projection instead of three
@@ -421,7 +458,7 @@ class NextGPT(nn.Module):
         embeds = self.embed_inputs(ids, self.encode_media(enc.slots))
         gen = torch.Generator(device=self.device)
         if seed is not None:
-            gen.manual_seed(int(seed))
+            gen.manual_seed(seed)
         tokens, runs = self._decode(
             embeds,
             allowed=allowed,
@@ -429,22 +466,12 @@ class NextGPT(nn.Module):
             want_text=want_text,
             max_new_tokens=max_new_tokens,
             sampling=(do_sample, temperature, top_p, gen),
-            stops=self._stops(stop),
+            stops=stops,
         )
         out = GenerationOutput(text=self.processor.decode(tokens) if want_text else "", token_ids=tokens)
-        dec_kwargs = {
-            "num_inference_steps": num_inference_steps,
-            "guidance_scale": guidance_scale,
-            "height": height,
-            "width": width,
-            "num_frames": num_frames,
-            "audio_length_in_s": audio_length_in_s,
-        }
         for i, run in enumerate(runs):
             cond = self.project_outputs(run.modality, run.states.unsqueeze(0))  # (1, Q, C)
-            media = self._decode_media(
-                run.modality, cond, None if seed is None else seed + i, dec_kwargs, progress
-            )
+            media = self._decode_media(run.modality, cond, check.derived_seed(seed, i), dec_kwargs, progress)
             if run.modality is Modality.IMAGE:
                 out.images += media
             elif run.modality is Modality.AUDIO:
@@ -456,18 +483,23 @@ class NextGPT(nn.Module):
         return out
 
     def _stops(self, stop: Sequence[str] | str | None) -> tuple[str, ...]:
-        extra = [stop] if isinstance(stop, str) else list(stop or [])
-        for s_ in extra:
-            if not isinstance(s_, str) or not s_:
-                raise InputError(f"stop strings must be non-empty str, got {s_!r}")
-        return tuple(dict.fromkeys([*self.processor.stop_strings, *extra]))
+        from nextgpt.validate import check_stops
+
+        return tuple(dict.fromkeys([*self.processor.stop_strings, *check_stops(stop)]))
 
     def _parse_modalities(self, modalities):
+        from collections.abc import Iterable, Mapping
+
         available = set(self.output_modalities)
         if modalities is None:
             return available, [], True
         if isinstance(modalities, (str, Modality)):
             modalities = [modalities]
+        elif not isinstance(modalities, Iterable) or isinstance(modalities, (bytes, bytearray, Mapping)):
+            raise InputError(
+                "modalities must be None, a modality name or a list of them (text, image, audio, "
+                f"video), got {type(modalities).__name__}"
+            )
         parsed = [Modality.parse(m) for m in modalities]
         for m in parsed:
             if m is not Modality.TEXT and m not in available:
@@ -548,12 +580,20 @@ class NextGPT(nn.Module):
 
     @staticmethod
     def _pick(logits: torch.Tensor, banned: torch.Tensor, sampling) -> int:
+        """The next token: greedy, or sampled at ``temperature`` within nucleus ``top_p``.
+
+        ``sampling`` is ``(do_sample, temperature, top_p, generator)`` as checked by :meth:`generate`
+        (temperature 0 or a normal positive float, top_p in (0, 1]). Sampling runs in float64 on
+        logits shifted so that the best is 0: any such temperature then scales them without
+        overflow (the best token keeps probability > 0), so ``multinomial`` always gets a valid
+        distribution."""
         do_sample, temperature, top_p, gen = sampling
         logits = logits.float().clone()
         logits[banned] = float("-inf")
-        if not do_sample or temperature <= 0:
+        if not do_sample or temperature == 0:
             return int(logits.argmax())
-        probs = torch.softmax(logits / temperature, dim=-1)
+        logits = logits.double()
+        probs = torch.softmax((logits - logits.max()) / temperature, dim=-1)
         if top_p < 1.0:
             sorted_p, order = probs.sort(descending=True)
             keep = sorted_p.cumsum(0) - sorted_p < top_p  # smallest prefix reaching top_p

@@ -31,6 +31,7 @@ from nextgpt.errors import InputError
 from nextgpt.media import Audio, Video
 from nextgpt.modality import Modality
 from nextgpt.tokens import PLACEHOLDER, WRAPPERS, TokenLayout, signal_token_strings
+from nextgpt.validate import check_text
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 AUDIO_EXTS = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus"}
@@ -238,6 +239,7 @@ class Processor:
         return f"{WRAPPERS[0]}{ph}{WRAPPERS[1]}" if self.media_wrappers else ph
 
     def _checked(self, text: str) -> str:
+        check_text(text)  # a lone surrogate ("\ud800") cannot reach the tokenizer: InputError
         found = self._reserved_re.search(text) if self._reserved else None
         if found:
             raise InputError(

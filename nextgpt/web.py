@@ -1033,7 +1033,8 @@ def build_app(
             with gr.Row():
                 steps = gr.Slider(1, 100, value=default_steps, step=1, label="Diffusion steps")
                 guidance = gr.Slider(1.0, 20.0, value=default_guidance, step=0.5, label="Guidance scale")
-                max_new_tokens = gr.Slider(1, 1024, value=128, step=1, label="Max new tokens")
+                most = min(1024, model.context_length)  # generate refuses more than the context
+                max_new_tokens = gr.Slider(1, most, value=min(128, most), step=1, label="Max new tokens")
         new_chat = gr.Button("New chat", elem_id="new-chat")
 
         textbox.submit(
