@@ -94,19 +94,42 @@ def _check_length(
         )
 
 
+#: Most sample values (frames x channels) one decode may hold by default: 2**26, 256 MiB of float32
+#: (10 minutes of 48 kHz stereo is 57.6 M); ``max_samples=None`` lifts it. The duration limit alone
+#: would allow 1.8 GB per channel at 768 kHz, times any number of channels.
+DEFAULT_MAX_AUDIO_SAMPLES = 1 << 26
+
+
+def _check_values(
+    frames: float, channels: int, name: str, max_samples: int | None, *, claimed: bool = False
+) -> None:
+    """Refuse ``frames x channels`` sample values above ``max_samples``."""
+    if max_samples is not None and frames * channels > max_samples:
+        what = "its header says it holds" if claimed else "it holds"
+        raise InputError(
+            f"audio {name} is too large: {what} {int(frames)} frames x {channels} channel(s) = "
+            f"{int(frames * channels)} samples, above the limit of {max_samples} "
+            f"({max_samples * 4 / 2**20:.0f} MiB of float32; pass a larger max_samples to accept it)"
+        )
+
+
 def _max_samples(rate: int, max_seconds: float | None) -> int | None:
     return None if max_seconds is None else math.floor(max_seconds * rate)
 
 
 def decode_audio_av(
-    source: os.PathLike | str | typing.BinaryIO, *, max_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS
+    source: os.PathLike | str | typing.BinaryIO,
+    *,
+    max_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS,
+    max_samples: int | None = DEFAULT_MAX_AUDIO_SAMPLES,
 ) -> tuple[np.ndarray, int]:
     """Decode the first audio stream of a container (a path or a binary file object) with PyAV ->
     (float32 ``[C, N]``, rate).
 
     The sample rate (1 .. :data:`~nextgpt.media.MAX_SAMPLE_RATE` Hz) and the stream's duration from the
     header are checked before decoding; decoding stops with an :class:`InputError` as soon as more than
-    ``max_seconds`` of samples came out, whatever the header said (``None``: no limit).
+    ``max_seconds`` of samples, or more than ``max_samples`` values over all channels, came out,
+    whatever the header said (``None``: no limit).
     """
     import av  # lazy: only needed for container formats
 
@@ -125,6 +148,8 @@ def decode_audio_av(
             else:
                 seconds = container.duration / 1e6 if container.duration else 0.0
             _check_length(seconds * rate, rate, name, max_seconds, claimed=True)
+            channels = int(getattr(stream.codec_context, "channels", 0) or 0)
+            _check_values(seconds * rate, max(channels, 1), name, max_samples, claimed=True)
         # Only the sample format changes (planar float32); rate and layout stay as decoded.
         resampler = av.AudioResampler(format="fltp")
         for frame in container.decode(stream):
@@ -134,26 +159,33 @@ def decode_audio_av(
                 chunks.append(out.to_ndarray())  # [C, n] float32
                 total += chunks[-1].shape[1]
             _check_length(total, rate, name, max_seconds)
+            if chunks:
+                _check_values(total, chunks[-1].shape[0], name, max_samples)
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray())
             total += chunks[-1].shape[1]
     if rate <= 0:
         raise ValueError("the audio stream has no sample rate")
     _check_length(total, rate, name, max_seconds)
+    if chunks:
+        _check_values(total, chunks[-1].shape[0], name, max_samples)
     if not chunks:
         return np.zeros((1, 0), dtype=np.float32), rate
     return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), rate
 
 
-def _read_soundfile(path: os.PathLike, name: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
-    """soundfile read with the rate and the header's frame count checked first, reading at most one
-    sample more than ``max_seconds`` allows."""
+def _read_soundfile(
+    path: os.PathLike, name: str, max_seconds: float | None, max_samples: int | None
+) -> tuple[np.ndarray, int]:
+    """soundfile read with the rate and the header's frame and channel counts checked first, reading at
+    most one sample more than ``max_seconds`` allows."""
     import soundfile as sf
 
     with sf.SoundFile(os.fspath(path)) as f:
         rate = _check_rate(f.samplerate, name)
         frames = int(f.frames)
         _check_length(frames, rate, name, max_seconds, claimed=True)
+        _check_values(frames, int(f.channels), name, max_samples, claimed=True)
         limit = _max_samples(rate, max_seconds)
         data = f.read(
             frames=frames if limit is None else min(frames, limit + 1), dtype="float32", always_2d=True
@@ -162,20 +194,25 @@ def _read_soundfile(path: os.PathLike, name: str, max_seconds: float | None) -> 
     return np.ascontiguousarray(data.T), rate  # [N, C] -> [C, N]
 
 
-def _read_file(path: os.PathLike, name: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
+def _read_file(
+    path: os.PathLike, name: str, max_seconds: float | None, max_samples: int | None
+) -> tuple[np.ndarray, int]:
     ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext not in AV_AUDIO_EXTENSIONS:
-        return _read_soundfile(path, name, max_seconds)
+        return _read_soundfile(path, name, max_seconds, max_samples)
     try:
-        return _read_soundfile(path, name, max_seconds)
+        return _read_soundfile(path, name, max_seconds, max_samples)
     except InputError:
         raise
     except Exception:
-        return decode_audio_av(path, max_seconds=max_seconds)
+        return decode_audio_av(path, max_seconds=max_seconds, max_samples=max_samples)
 
 
 def load_audio(
-    src: Audio | str | os.PathLike, *, max_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS
+    src: Audio | str | os.PathLike,
+    *,
+    max_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS,
+    max_samples: int | None = DEFAULT_MAX_AUDIO_SAMPLES,
 ) -> tuple[torch.Tensor, int]:
     """Read audio as float32 ``[C, N]`` (samples in [-1, 1] for PCM files) and its sample rate.
 
@@ -189,11 +226,14 @@ def load_audio(
             frame count, PyAV's stream duration) before any sample is decoded, and again on what is
             decoded (which never reads more than one sample past the limit); for arrays on their length.
             ``None``: no limit.
+        max_samples: refuse audio holding more sample values (frames x channels) than this, checked
+            the same way (the memory the decoded float32 waveform takes is 4 bytes per value).
+            ``None``: no limit.
 
     Raises:
         InputError: missing or undecodable file, non-float array, no samples, non-finite samples, a
-            sample rate outside 1 .. :data:`~nextgpt.media.MAX_SAMPLE_RATE` Hz, or longer than
-            ``max_seconds``. The message names the file (and the measured value and the limit).
+            sample rate outside 1 .. :data:`~nextgpt.media.MAX_SAMPLE_RATE` Hz, longer than
+            ``max_seconds`` or larger than ``max_samples``. The message names the file (and the measured value and the limit).
     """
     if isinstance(src, (str, os.PathLike)):
         src = Audio(src)
@@ -210,6 +250,7 @@ def load_audio(
             )
         rate = int(src.sample_rate)  # validated by Audio
         _check_length(arr.shape[-1], rate, name, max_seconds)
+        _check_values(arr.shape[-1], arr.shape[0] if arr.ndim == 2 else 1, name, max_samples)
         data = np.array(arr, dtype=np.float32, order="C", copy=True)  # own copy: later steps work in place
         if data.ndim == 1:
             data = data.reshape(1, -1)  # [N] -> [1, N]
@@ -217,7 +258,7 @@ def load_audio(
         path = existing_file(src.path, "audio")
         name = f"'{path}'"
         try:
-            data, rate = _read_file(path, name, max_seconds)
+            data, rate = _read_file(path, name, max_seconds, max_samples)
         except InputError:
             raise
         except Exception as exc:
@@ -539,17 +580,18 @@ def preprocess_audio(
     mean: float = AUDIO_MEAN,
     std: float = AUDIO_STD,
     max_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS,
+    max_samples: int | None = DEFAULT_MAX_AUDIO_SAMPLES,
 ) -> torch.Tensor:
     """ImageBind audio input for one sound: float32 ``[clips_per_video, 1, num_mel_bins, target_length]``.
 
-    ``max_seconds`` is the duration limit of :func:`load_audio` (``None``: no limit); resampling costs
+    ``max_seconds`` and ``max_samples`` are the limits of :func:`load_audio` (``None``: no limit); resampling costs
     memory proportional to the signal at any rate (see :func:`resample`).
 
     Raises:
         InputError: the audio cannot be read, has no samples or has non-finite samples, has an invalid
             sample rate or is longer than ``max_seconds``.
     """
-    waveform, rate = load_audio(src, max_seconds=max_seconds)
+    waveform, rate = load_audio(src, max_seconds=max_seconds, max_samples=max_samples)
     if rate != sample_rate:
         waveform = resample(waveform, rate, sample_rate)
     n = waveform.shape[1]

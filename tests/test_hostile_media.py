@@ -264,6 +264,29 @@ def test_audio_duration_limit_in_containers(tmp_path):
     assert rate == 16000 and wave.shape[1] >= 16000
 
 
+def test_audio_sample_budget_counts_every_channel(tmp_path):
+    """The duration limit alone allows 1.8 GB per channel at 768 kHz, for any number of channels:
+    ``max_samples`` bounds frames x channels, from the header before decoding (soundfile and PyAV)
+    and on arrays. The default is 2**26 values (256 MiB of float32)."""
+    import io
+
+    import soundfile as sf
+
+    assert audio_mod.DEFAULT_MAX_AUDIO_SAMPLES == 1 << 26
+    path = tmp_path / "wide.wav"
+    sf.write(path, np.zeros((1000, 8), np.float32), 8000)  # 8 channels x 1000 frames
+    with pytest.raises(
+        InputError, match=r"wide\.wav.*header says it holds 1000 frames x 8 channel.*8000 samples"
+    ):
+        load_audio(path, max_samples=7999)
+    assert load_audio(path, max_samples=8000)[0].shape == (8, 1000)
+    m4a = write_audio_only_mp4(tmp_path / "tone.m4a", tone(16000, 1.0, 1000.0), 16000)
+    with pytest.raises(InputError, match=r"above the limit of 1000 "):
+        audio_mod.decode_audio_av(io.BytesIO(m4a.read_bytes()), max_samples=1000)
+    with pytest.raises(InputError, match=r"2 channel\(s\) = 4000 samples"):
+        preprocess_audio(Audio(np.zeros((2, 2000), np.float32), 16000), max_samples=3999)
+
+
 # ----------------------------------------------------------------------------------- video limits
 
 
