@@ -116,7 +116,10 @@ shapes = [list(preprocess_audio(tiny).shape), list(preprocess_audio(second).shap
 x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (2, 250_000)).astype(np.float32))
 shapes.append(list(resample(x, 999983, 16000).shape))
 shapes.append(list(resample(x[:, :20_000], 16000, 999983).shape))
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM: this process image's own peak (ru_maxrss would also count the forked copy of the parent
+# that existed before exec, which is large inside a full test session).
+with open("/proc/self/status") as status:
+    rss = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
 print(json.dumps({"shapes": shapes, "max_rss": rss}))
 """
 

@@ -164,6 +164,8 @@ class FakeModel:
     """Records ``generate`` calls; answers with text and one image; logs diffusion steps like
     ``NextGPT.generate(progress=True)``."""
 
+    context_length = 512  # what the page bounds its max-new-tokens slider by
+
     def __init__(self) -> None:
         self.calls: list[dict] = []
 
