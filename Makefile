@@ -40,7 +40,7 @@ lint:
 	$(PYTHON) -m ruff format --check .
 
 demo:
-	$(PYTHON) -m nextgpt.demo --preset $(PRESET)
+	$(PYTHON) -m nextgpt.cli demo --preset $(PRESET)
 
 data-demo:
 	$(PYTHON) -m nextgpt.cli data demo --out $(DATA)

@@ -1,19 +1,14 @@
-"""The ``nextgpt`` command line.
+"""The ``nextgpt`` command line: every entry point of the library, one table of subcommands.
 
-::
+:data:`COMMANDS` maps each subcommand to its function, its one-line help and the function that
+declares its arguments (a :class:`Group` holds nested subcommands: ``nextgpt data convert``).
+``nextgpt --help`` and ``nextgpt COMMAND --help`` list them with their options; ``python -m
+nextgpt.cli`` is the same program. The subcommands: ``generate``, ``chat``, ``import-legacy``,
+``serve`` (the web chat, :mod:`nextgpt.web`), ``demo`` (``make demo``, :mod:`nextgpt.demo`),
+``data convert``, ``data demo``, ``cache`` and ``train``.
 
-    nextgpt generate PROMPT [--image P] [--audio P] [--video P] [--modalities text,image] [--out DIR]
-    nextgpt chat [--preset small | --model DIR]
-    nextgpt import-legacy pytorch_model.pt --out DIR [--preset nextgpt-7b-legacy] [--override K=V ...]
-    nextgpt serve [--preset small | --model DIR] [--host 127.0.0.1] [--port 7860]
-                  [--session-ttl-minutes 60] [--max-disk-mb 2048]
-    nextgpt data convert FORMAT --input JSON --media-dir DIR --out DIR
-    nextgpt data demo --out DIR
-    nextgpt cache encoder|captions --data DIR --out DIR --stage N [--device cuda] [--num-processes N]
-    nextgpt train --stage N [--preset tiny] [--data DIR] [--out DIR] [--override K=V ...]
-
-Errors print one line (the typed error's message) and exit non-zero; ``--verbose`` shows the
-traceback and debug logging.
+Errors print one line (the typed error's message) and exit non-zero; ``--verbose`` (before or after
+the subcommand) shows the traceback and debug logging.
 
 ``nextgpt chat`` survives bad input: ``/image``, ``/audio`` and ``/video`` decode the file when it is
 attached and refuse a bad one with its error (nothing is attached); any error in a turn (a typed error
@@ -21,9 +16,10 @@ or any other exception) prints one ``error:`` line, the failed turn is not added
 the pending attachments are dropped, and the chat goes on. EOF and ``/quit`` end the chat; Ctrl-C ends
 it with ``interrupted`` (exit status 130).
 
-``nextgpt serve`` keeps each chat to its last 8 rounds, closes sessions idle for
-``--session-ttl-minutes`` (60) and keeps all sessions' files under ``--max-disk-mb`` (2048); on
-SIGTERM/SIGINT it removes the sessions' files (see :mod:`nextgpt.web`).
+``nextgpt serve`` carries every option of :func:`nextgpt.web.serve`, with its defaults: it keeps each
+chat to its last 8 rounds, closes sessions idle for ``--session-ttl-minutes`` (60), keeps all
+sessions' files under ``--max-disk-mb`` (2048) and checks uploads against ``--max-upload-mb`` and
+``--max-media-seconds``; on SIGTERM/SIGINT it removes the sessions' files.
 """
 
 from __future__ import annotations
@@ -31,31 +27,46 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from nextgpt.errors import NextGPTError
 
 logger = logging.getLogger("nextgpt.cli")
 
+#: The preset a command builds when neither ``--preset`` nor ``--model`` is given.
+DEFAULT_PRESET = "small"
 
-# ---------------------------------------------------------------------------------------- helpers
+
+# ---------------------------------------------------------------------------------------- argument sets
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument(
-        "--preset",
-        default=None,
-        help="preset name (tiny, small, nextgpt-7b, nextgpt-7b-legacy); default small",
+def _preset_arg(p: argparse.ArgumentParser, default: str, *, group=None) -> None:
+    from nextgpt.config import list_presets
+
+    (group or p).add_argument(
+        "--preset", default=default, help=f"preset name ({', '.join(list_presets())}); default {default}"
     )
-    g.add_argument("--model", default=None, help="a directory written by save_pretrained / training")
+
+
+def _override_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--override", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)"
     )
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """The model a command builds: ``--preset`` or ``--model``, overrides, device."""
+    g = p.add_mutually_exclusive_group()
+    _preset_arg(p, DEFAULT_PRESET, group=g)
+    g.add_argument("--model", default=None, help="a directory written by save_pretrained / training")
+    _override_arg(p)
     p.add_argument("--device", default="cpu")
 
 
-def _add_decoder_args(p: argparse.ArgumentParser) -> None:
+def _decoder_args(p: argparse.ArgumentParser) -> None:
+    """The generation controls of ``generate`` and ``chat``."""
     p.add_argument(
         "--modalities",
         default=None,
@@ -74,14 +85,18 @@ def _add_decoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio-seconds", type=float, default=None)
 
 
+def _check_model_args(args) -> None:
+    if args.model and args.override:
+        raise NextGPTError("--override applies to presets; a saved model carries its own config")
+
+
 def _load_model(args):
     from nextgpt.model import NextGPT
 
+    _check_model_args(args)
     if args.model:
-        if args.override:
-            raise NextGPTError("--override applies to presets; a saved model carries its own config")
         return NextGPT.from_pretrained(args.model, device=args.device)
-    return NextGPT.from_preset(args.preset or "small", args.override, device=args.device)
+    return NextGPT.from_preset(args.preset, args.override, device=args.device)
 
 
 def _generate_kwargs(args) -> dict:
@@ -128,6 +143,17 @@ def cmd_generate(args) -> int:
         if path.suffix != ".txt":
             print(f"saved {path}")
     return 0
+
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt")
+    p.add_argument("--image", action="append", help="input image (repeatable)")
+    p.add_argument("--audio", action="append", help="input sound (repeatable)")
+    p.add_argument("--video", action="append", help="input video (repeatable)")
+    p.add_argument("--out", default="outputs", help="where media are saved")
+    p.add_argument("--prefix", default="output")
+    _model_args(p)
+    _decoder_args(p)
 
 
 CHAT_HELP = """commands: /image PATH  /audio PATH  /video PATH  attach media to the next message
@@ -237,6 +263,11 @@ def cmd_chat(args, stdin=None) -> int:
     return 0
 
 
+def _chat_args(p: argparse.ArgumentParser) -> None:
+    _model_args(p)
+    _decoder_args(p)
+
+
 def cmd_import_legacy(args) -> int:
     from nextgpt.model import NextGPT
 
@@ -246,20 +277,92 @@ def cmd_import_legacy(args) -> int:
     return 0
 
 
+def _import_legacy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="directory for the imported model (save_pretrained format)")
+    _preset_arg(p, "nextgpt-7b-legacy")
+    _override_arg(p)
+
+
 def cmd_serve(args) -> int:
     from nextgpt.web import serve
 
+    _check_model_args(args)  # before the model load, as generate and chat do
     serve(
-        preset=args.preset or "small",
+        preset=args.preset,
         model_dir=args.model,
         overrides=args.override,
         device=args.device,
         host=args.host,
         port=args.port,
+        share=args.share,
+        max_upload_mb=args.max_upload_mb,
+        max_media_seconds=args.max_media_seconds,
+        output_dir=args.output_dir,
         session_ttl_s=args.session_ttl_minutes * 60,
         max_total_mb=args.max_disk_mb,
     )
     return 0
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    from nextgpt import web  # light: neither gradio nor torch
+
+    _model_args(p)
+    p.add_argument(
+        "--host",
+        default=web.DEFAULT_HOST,
+        help=f"interface to bind (default {web.DEFAULT_HOST}: this machine only; 0.0.0.0 exposes the "
+        "demo to the network, without authentication)",
+    )
+    p.add_argument(
+        "--port", type=int, default=web.DEFAULT_PORT, help=f"TCP port (default {web.DEFAULT_PORT})"
+    )
+    p.add_argument("--share", action="store_true", help="ask Gradio for a public link (needs the internet)")
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=web.DEFAULT_MAX_UPLOAD_MB,
+        help=f"per-file upload limit in MB (default {web.DEFAULT_MAX_UPLOAD_MB:g})",
+    )
+    p.add_argument(
+        "--max-media-seconds",
+        type=float,
+        default=web.DEFAULT_MAX_MEDIA_SECONDS,
+        help=f"duration limit of uploaded audio and video in seconds (default {web.DEFAULT_MAX_MEDIA_SECONDS:g})",
+    )
+    p.add_argument(
+        "--session-ttl-minutes",
+        type=float,
+        default=web.DEFAULT_SESSION_TTL_S / 60,
+        help="close chat sessions idle this long and delete their files "
+        f"(default {web.DEFAULT_SESSION_TTL_S / 60:g})",
+    )
+    p.add_argument(
+        "--max-disk-mb",
+        type=float,
+        default=web.DEFAULT_MAX_TOTAL_BYTES / 2**20,
+        help="size limit of all sessions' files together; least recently used idle sessions are "
+        f"closed first, then uploads are refused (default {web.DEFAULT_MAX_TOTAL_BYTES / 2**20:g})",
+    )
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        help="where the sessions' files go (default: a temporary folder, removed at exit)",
+    )
+
+
+def cmd_demo(args) -> int:
+    from nextgpt.demo import run_demo
+
+    run_demo(args.preset, out=args.out, seed=args.seed)
+    return 0
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    _preset_arg(p, DEFAULT_PRESET)
+    p.add_argument("--out", default="outputs/demo", help="where the generated media are saved")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def cmd_data_convert(args) -> int:
@@ -270,6 +373,14 @@ def cmd_data_convert(args) -> int:
     return 0
 
 
+def _data_convert_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("format", help="cc3m, webvid, audiocap, t2m, mosit, llava, alpaca, videochat")
+    p.add_argument("--input", required=True, help="the upstream JSON file")
+    p.add_argument("--media-dir", default=None, help="folder holding the media the JSON names")
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-per-shard", type=int, default=1000)
+
+
 def cmd_data_demo(args) -> int:
     from nextgpt.stages.data.demo import build_demo_dataset
 
@@ -277,6 +388,11 @@ def cmd_data_demo(args) -> int:
     for kind, paths in written.items():
         print(f"{kind}: {len(paths)} shard(s) in {Path(args.out) / kind}")
     return 0
+
+
+def _data_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="data/demo")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def cmd_cache(args) -> int:
@@ -304,6 +420,35 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def _cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", choices=["encoder", "captions"])
+    p.add_argument("--data", required=True, help="folder of shards")
+    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--stage",
+        type=int,
+        default=1,
+        choices=[1, 2, 3],
+        help="the stage whose samples to cache (encoder: 1, 3; captions: 2, 3)",
+    )
+    _preset_arg(p, "tiny")
+    _override_arg(p)
+    p.add_argument(
+        "--device",
+        default=None,
+        help="where the frozen models run: cpu, cuda, cuda:1, ... (cuda: cuda:$LOCAL_RANK under torchrun)",
+    )
+    p.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the shards over N local processes (cuda with several GPUs: one per GPU); "
+        "under torchrun/SLURM, RANK and WORLD_SIZE split them over the launched processes",
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="items per frozen-model call")
+
+
 def cmd_train(args) -> int:
     from nextgpt.stages.train import train
 
@@ -320,7 +465,88 @@ def cmd_train(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------- parser
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stage", type=int, required=True, choices=[1, 2, 3])
+    _preset_arg(p, "tiny")
+    p.add_argument("--data", default=None, help="data folder (default: the config's training.data_dir)")
+    p.add_argument("--out", default=None, help="run folder (default: the config's training.output_dir)")
+    p.add_argument("--init-from", default=None, help="a previous stage's model directory")
+    p.add_argument(
+        "--no-resume", action="store_true", help="start over even if the run folder has a checkpoint"
+    )
+    _override_arg(p)
+
+
+# ---------------------------------------------------------------------------------------- the table
+
+
+class Command(NamedTuple):
+    """One subcommand: what runs, its one-line help, the function that declares its arguments, and the
+    logging level it runs at without ``--verbose``."""
+
+    func: Callable[[argparse.Namespace], int]
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    log_level: int = logging.INFO
+
+
+class Group(NamedTuple):
+    """Subcommands under one name (``nextgpt data convert``)."""
+
+    help: str
+    commands: dict[str, Command]
+
+
+#: Every subcommand, in ``--help`` order.
+COMMANDS: dict[str, Command | Group] = {
+    "generate": Command(cmd_generate, "answer one prompt; prints the text and saves media", _generate_args),
+    "chat": Command(cmd_chat, "multi-turn terminal chat", _chat_args),
+    "import-legacy": Command(
+        cmd_import_legacy, "import the official NExT-GPT pytorch_model.pt", _import_legacy_args
+    ),
+    "serve": Command(cmd_serve, "web chat demo (needs the [demo] extra: gradio)", _serve_args),
+    "demo": Command(
+        cmd_demo,
+        "the main job on a preset (default small) end to end, saying what ran (make demo)",
+        _demo_args,
+        log_level=logging.WARNING,  # the demo prints what it built itself
+    ),
+    "data": Group(
+        "training data: convert upstream formats, build the demo set",
+        {
+            "convert": Command(
+                cmd_data_convert, "convert an upstream JSON format into webdataset shards", _data_convert_args
+            ),
+            "demo": Command(
+                cmd_data_demo, "build the small demo dataset from media shipped by packages", _data_demo_args
+            ),
+        },
+    ),
+    "cache": Command(
+        cmd_cache, "precompute frozen features (encoder embeddings, caption targets)", _cache_args
+    ),
+    "train": Command(
+        cmd_train,
+        "train one stage (1 encoding alignment, 2 decoding alignment, 3 instruction tuning)",
+        _train_args,
+    ),
+}
+
+
+def _add_commands(
+    parent: argparse.ArgumentParser,
+    table: dict[str, Command | Group],
+    dest: str,
+    common: argparse.ArgumentParser,
+) -> None:
+    sub = parent.add_subparsers(dest=dest, required=True)
+    for name, entry in table.items():
+        p = sub.add_parser(name, help=entry.help, description=entry.help, parents=[common])
+        if isinstance(entry, Group):
+            _add_commands(p, entry.commands, f"{name.replace('-', '_')}_command", common)
+        else:
+            entry.arguments(p)
+            p.set_defaults(func=entry.func, log_level=entry.log_level)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -331,121 +557,14 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
-    sub = ap.add_subparsers(dest="command", required=True)
-    _add_parser = sub.add_parser
-
-    def add_parser(*a, **kw):
-        return _add_parser(*a, parents=[common], **kw)
-
-    sub.add_parser = add_parser
-
-    p = sub.add_parser("generate", help="answer one prompt; prints the text and saves media")
-    p.add_argument("prompt")
-    p.add_argument("--image", action="append", help="input image (repeatable)")
-    p.add_argument("--audio", action="append", help="input sound (repeatable)")
-    p.add_argument("--video", action="append", help="input video (repeatable)")
-    p.add_argument("--out", default="outputs", help="where media are saved")
-    p.add_argument("--prefix", default="output")
-    _add_model_args(p)
-    _add_decoder_args(p)
-    p.set_defaults(func=cmd_generate)
-
-    p = sub.add_parser("chat", help="multi-turn terminal chat")
-    _add_model_args(p)
-    _add_decoder_args(p)
-    p.set_defaults(func=cmd_chat)
-
-    p = sub.add_parser("import-legacy", help="import the official NExT-GPT pytorch_model.pt")
-    p.add_argument("checkpoint")
-    p.add_argument("--out", required=True, help="directory for the imported model (save_pretrained format)")
-    p.add_argument("--preset", default="nextgpt-7b-legacy")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
-    p.set_defaults(func=cmd_import_legacy)
-
-    p = sub.add_parser("serve", help="web chat demo (needs the [demo] extra: gradio)")
-    _add_model_args(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument(
-        "--session-ttl-minutes",
-        type=float,
-        default=60,
-        help="close chat sessions idle this long and delete their files (default 60)",
-    )
-    p.add_argument(
-        "--max-disk-mb",
-        type=float,
-        default=2048,
-        help="size limit of all sessions' files together; least recently used idle sessions are "
-        "closed first, then uploads are refused (default 2048)",
-    )
-    p.set_defaults(func=cmd_serve)
-
-    data = sub.add_parser("data", help="training data: convert upstream formats, build the demo set")
-    dsub = data.add_subparsers(dest="data_command", required=True)
-    _add_data_parser = dsub.add_parser
-    dsub.add_parser = lambda *a, **kw: _add_data_parser(*a, parents=[common], **kw)
-    p = dsub.add_parser("convert", help="convert an upstream JSON format into webdataset shards")
-    p.add_argument("format", help="cc3m, webvid, audiocap, t2m, mosit, llava, alpaca, videochat")
-    p.add_argument("--input", required=True, help="the upstream JSON file")
-    p.add_argument("--media-dir", default=None, help="folder holding the media the JSON names")
-    p.add_argument("--out", required=True)
-    p.add_argument("--max-per-shard", type=int, default=1000)
-    p.set_defaults(func=cmd_data_convert)
-    p = dsub.add_parser("demo", help="build the small demo dataset from media shipped by packages")
-    p.add_argument("--out", default="data/demo")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_data_demo)
-
-    p = sub.add_parser("cache", help="precompute frozen features (encoder embeddings, caption targets)")
-    p.add_argument("what", choices=["encoder", "captions"])
-    p.add_argument("--data", required=True, help="folder of shards")
-    p.add_argument("--out", required=True)
-    p.add_argument(
-        "--stage",
-        type=int,
-        default=1,
-        choices=[1, 2, 3],
-        help="the stage whose samples to cache (encoder: 1, 3; captions: 2, 3)",
-    )
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument(
-        "--device",
-        default=None,
-        help="where the frozen models run: cpu, cuda, cuda:1, ... (cuda: cuda:$LOCAL_RANK under torchrun)",
-    )
-    p.add_argument(
-        "--num-processes",
-        type=int,
-        default=1,
-        metavar="N",
-        help="split the shards over N local processes (cuda with several GPUs: one per GPU); "
-        "under torchrun/SLURM, RANK and WORLD_SIZE split them over the launched processes",
-    )
-    p.add_argument("--batch-size", type=int, default=16, help="items per frozen-model call")
-    p.set_defaults(func=cmd_cache)
-
-    p = sub.add_parser(
-        "train", help="train one stage (1 encoding alignment, 2 decoding alignment, 3 instruction tuning)"
-    )
-    p.add_argument("--stage", type=int, required=True, choices=[1, 2, 3])
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--data", default=None, help="data folder (default: the config's training.data_dir)")
-    p.add_argument("--out", default=None, help="run folder (default: the config's training.output_dir)")
-    p.add_argument("--init-from", default=None, help="a previous stage's model directory")
-    p.add_argument(
-        "--no-resume", action="store_true", help="start over even if the run folder has a checkpoint"
-    )
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
-    p.set_defaults(func=cmd_train)
+    _add_commands(ap, COMMANDS, "command", common)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else args.log_level,
         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
     )
     if not args.verbose:  # third-party chatter stays out of the way of the answers

@@ -304,6 +304,66 @@ def test_serve_limit_options_match_the_web_defaults() -> None:
     args = build_parser().parse_args(["serve"])
     assert args.session_ttl_minutes * 60 == web.DEFAULT_SESSION_TTL_S
     assert args.max_disk_mb * 2**20 == web.DEFAULT_MAX_TOTAL_BYTES
+    assert args.max_upload_mb == web.DEFAULT_MAX_UPLOAD_MB
+    assert args.max_media_seconds == web.DEFAULT_MAX_MEDIA_SECONDS
+    assert (args.host, args.port, args.share) == (web.DEFAULT_HOST, web.DEFAULT_PORT, False)
+
+
+def test_serve_passes_every_option_to_web_serve(monkeypatch) -> None:
+    import inspect
+
+    from nextgpt import web
+
+    options = set(inspect.signature(web.serve).parameters)
+    calls = []
+    monkeypatch.setattr(web, "serve", lambda *a, **kw: calls.append((a, kw)))
+    argv = ["serve", "--preset", "tiny", "--override", "model.llm.lora.r=4", "--device", "cpu"]
+    argv += ["--host", "0.0.0.0", "--port", "8123", "--share", "--max-upload-mb", "1.5"]
+    argv += ["--max-media-seconds", "12", "--session-ttl-minutes", "2", "--max-disk-mb", "64"]
+    argv += ["--output-dir", "sessions"]
+    assert main(argv) == 0
+    assert calls == [
+        (
+            (),
+            {
+                "preset": "tiny",
+                "model_dir": None,
+                "overrides": ["model.llm.lora.r=4"],
+                "device": "cpu",
+                "host": "0.0.0.0",
+                "port": 8123,
+                "share": True,
+                "max_upload_mb": 1.5,
+                "max_media_seconds": 12.0,
+                "output_dir": "sessions",
+                "session_ttl_s": 120.0,
+                "max_total_mb": 64.0,
+            },
+        )
+    ]
+    # every option of web.serve but `block` has its flag
+    assert options - set(calls[0][1]) == {"block"}
+
+
+def test_serve_refuses_overrides_of_a_saved_model_before_loading(monkeypatch, tmp_path, capsys) -> None:
+    from nextgpt import web
+
+    monkeypatch.setattr(web, "serve", lambda *a, **kw: pytest.fail("serve was called"))
+    assert main(["serve", "--model", str(tmp_path), "--override", "a=b"]) == 2
+    assert _error_lines(capsys.readouterr().err) == [
+        "error: --override applies to presets; a saved model carries its own config"
+    ]
+
+
+def test_demo_runs_the_main_job_on_a_preset(tmp_path, capsys) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--preset", "tiny", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.startswith("preset tiny built in ")
+    assert "[text -> text]" in stdout and "[text -> text + image + audio + video" in stdout
+    saved = {p.name for p in out.iterdir()}
+    assert {"cat_image0.png", "cat_audio0.wav", "cat_video0.mp4"} <= saved
+    assert all(f"saved {out / name}" in stdout for name in saved)
 
 
 # ------------------------------------------------------------------ data, train, import-legacy
@@ -360,12 +420,14 @@ def test_import_legacy_writes_a_loadable_model(tmp_path, capsys) -> None:
 
 
 HELP = {
-    (): ["generate", "chat", "import-legacy", "serve", "data", "cache", "train", "--verbose"],
+    (): ["generate", "chat", "import-legacy", "serve", "demo", "data", "cache", "train", "--verbose"],
     ("generate",): ["prompt", "--image", "--audio", "--video", "--out", "--preset", "--model", "--override"]
     + ["--modalities", "--seed", "--max-new-tokens", "--steps", "--guidance", "--device"],
     ("chat",): ["--preset", "--model", "--override", "--modalities", "--seed", "--max-new-tokens"],
     ("import-legacy",): ["checkpoint", "--out", "--preset", "--override"],
-    ("serve",): ["--preset", "--model", "--host", "--port", "--session-ttl-minutes", "--max-disk-mb"],
+    ("serve",): ["--preset", "--model", "--host", "--port", "--session-ttl-minutes", "--max-disk-mb"]
+    + ["--override", "--device", "--share", "--max-upload-mb", "--max-media-seconds", "--output-dir"],
+    ("demo",): ["--preset", "--out", "--seed"],
     ("data",): ["convert", "demo"],
     ("data", "convert"): ["format", "--input", "--media-dir", "--out", "--max-per-shard"],
     ("data", "demo"): ["--out", "--seed"],

@@ -339,13 +339,25 @@ def test_build_app_without_gradio_says_how_to_install(monkeypatch):
         build_app(FakeModel())
 
 
+def test_importing_the_web_package_loads_neither_torch_nor_gradio():
+    """``nextgpt --help`` builds the serve options from ``nextgpt.web``'s defaults: that stays light."""
+    import subprocess
+
+    probe = "import sys, nextgpt.cli, nextgpt.web; nextgpt.cli.build_parser(); "
+    probe += "print(sorted(m for m in ('torch', 'gradio') if m in sys.modules))"
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
 def test_only_web_imports_gradio():
     root = Path(__file__).resolve().parents[1]
     offenders = [
         str(p.relative_to(root))
         for folder in ("nextgpt", "encoders", "projectors", "decoders", "stages")
         for p in (root / folder).rglob("*.py")
-        if p.name != "web.py" and "import gradio" in p.read_text(encoding="utf-8")
+        if p.relative_to(root).as_posix() != "nextgpt/web/app.py"
+        and "import gradio" in p.read_text(encoding="utf-8")
     ]
     assert offenders == []
 
@@ -537,3 +549,15 @@ def test_serve_binds_loopback_and_serves_the_page(tmp_path):
         assert app.max_file_size == 1024 * 1024  # gradio refuses larger uploads before our checks
     finally:
         app.nextgpt_cleanup()  # closes the app, its sessions and the gradio cache folder serve made
+
+
+def test_serve_takes_a_fractional_upload_limit(tmp_path):
+    """``nextgpt serve --max-upload-mb`` parses a float (5 -> 5.0): gradio gets the limit in bytes."""
+    pytest.importorskip("gradio", reason="gradio is not installed (pip install 'nextgpt[demo]')")
+    from nextgpt.web import serve
+
+    app = serve("tiny", port=_free_port(), block=False, output_dir=tmp_path, max_upload_mb=1.5)
+    try:
+        assert app.max_file_size == int(1.5 * 2**20)
+    finally:
+        app.nextgpt_cleanup()

@@ -343,7 +343,7 @@ def test_sigterm_on_serve_removes_sessions_output_root_and_gradio_cache(tmp_path
     child = textwrap.dedent(
         """
         import os, sys
-        import nextgpt.web as web
+        import nextgpt.web.app as web  # serve looks build_app up in its own module
 
         build_app = web.build_app
         def build_with_a_session(*args, **kwargs):
