@@ -56,4 +56,4 @@ serve:
 # On a CUDA machine: the real run's shapes with random weights (bench/gpu_check.py); < 10 min on one H100.
 GPU_CHECK_JSON ?= runs/gpu_check.json
 gpu-check:
-	$(PYTHON) bench/gpu_check.py --size full --device cuda --json $(GPU_CHECK_JSON)
+	$(PYTHON) -m bench.gpu_check --size full --device cuda --json $(GPU_CHECK_JSON)

@@ -16,34 +16,21 @@ mean context)``. Bandwidth: the GPU's HBM datasheet figure (H100 SXM 3.35 TB/s, 
 A100-80GB 2.0 TB/s); on a CPU a measured memcpy bandwidth of this machine (read + write bytes of
 a 256 MiB tensor copy), labelled as such. Target at ``--size full`` on a GPU: >= 60% of the bound.
 
-    python bench/decode.py --size full --device cuda --json decode.json
-    python bench/decode.py --size small --device cpu
+    python -m bench.decode --size full --device cuda --json decode.json
+    python -m bench.decode --size small --device cpu
 """
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from bench.common import (  # noqa: E402
-    SIZE_SPECS,
-    Report,
-    base_parser,
-    build_model,
-    cli_main,
-    env_info,
-    memory_bandwidth,
-    setup,
-    suppress_eos,
-    timeit,
-)
+from bench.cli import base_parser, cli_main, setup
+from bench.hardware import env_info, memory_bandwidth
+from bench.report import Report
+from bench.sizes import SIZE_SPECS, build_model, suppress_eos
+from bench.timing import timeit
 
 PROMPT = "Tell me a long story about a lighthouse keeper who finds a message in a bottle."
 

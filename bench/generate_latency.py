@@ -14,34 +14,20 @@ UNet step, VAE decode, vocoder, conversion to PIL / numpy), ``other`` = the rest
 embedding, output assembly). A warm-up call per modality loads the decoder first (load time is not
 in the latency).
 
-    python bench/generate_latency.py --size full --device cuda --json generate_latency.json
-    python bench/generate_latency.py --size small --device cpu
+    python -m bench.generate_latency --size full --device cuda --json generate_latency.json
+    python -m bench.generate_latency --size small --device cpu
 """
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from bench.common import (  # noqa: E402
-    MEDIA,
-    SIZE_SPECS,
-    PhaseTimer,
-    Report,
-    base_parser,
-    build_model,
-    cli_main,
-    env_info,
-    pipeline_parameters,
-    setup,
-    suppress_eos,
-    sync,
-)
+from bench.cli import base_parser, cli_main, setup
+from bench.components import pipeline_parameters
+from bench.hardware import env_info, sync
+from bench.report import Report
+from bench.sizes import MEDIA, SIZE_SPECS, build_model, suppress_eos
+from bench.timing import PhaseTimer
 
 PROMPT = "Show me a red apple on a wooden table, and describe it."
 

@@ -11,7 +11,7 @@ For each preset and output modality (text + image, text + audio):
 
 Reports medians over ``--repeats`` runs and the ratio ``generate / sum(parts)`` (target <= 1.05).
 
-    python bench/generate_overhead.py --presets tiny small --repeats 5
+    python -m bench.generate_overhead --presets tiny small --repeats 5
 """
 
 from __future__ import annotations

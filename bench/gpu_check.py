@@ -19,8 +19,8 @@ a CPU, which is what the test suite does):
 Prints one line per item (pass/fail, step time, peak memory) and exits non-zero if any failed. Runs in
 under 10 minutes on one H100 at ``--size full``.
 
-    python bench/gpu_check.py --size full --json out/gpu_check.json      (make gpu-check)
-    python bench/gpu_check.py --size smoke --device cpu
+    python -m bench.gpu_check --size full --json out/gpu_check.json      (make gpu-check)
+    python -m bench.gpu_check --size smoke --device cpu
 """
 
 from __future__ import annotations
@@ -34,26 +34,16 @@ import time
 import traceback
 from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+import torch
 
-import torch  # noqa: E402
+from bench.cli import base_parser, cli_main, setup
+from bench.hardware import Dtypes, env_info, gib
+from bench.inputs import RowSpec, synthetic_batch
+from bench.report import Report
+from bench.sizes import SIZE_SPECS, build_model
 
-from bench.common import (  # noqa: E402
-    SIZE_SPECS,
-    Dtypes,
-    Report,
-    RowSpec,
-    base_parser,
-    build_model,
-    cli_main,
-    env_info,
-    gib,
-    setup,
-    synthetic_batch,
-)
-
+#: The repository root: subprocesses run ``python -m bench.gpu_check`` from there.
+ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ("nextgpt-7b", "nextgpt-7b-legacy")
 #: Optimiser steps of an fp16 (16-mixed) item: room for the GradScaler's first overflow skips.
 FP16_STEPS = 8
@@ -217,15 +207,16 @@ def train_items(size: str, device: torch.device, preset: str) -> list[dict]:
 
 
 def ddp_item(args, device: torch.device) -> dict:
-    """Launch this script as ``--item ddp`` in a subprocess: Lightning's launcher starts the ranks."""
-    out = Path(args.json or "gpu_check.json").with_suffix(".ddp.json")
+    """Launch this script as ``--item ddp`` in a subprocess: Lightning's launcher starts the ranks
+    (as ``python -m bench.gpu_check ...`` again, from the repository root)."""
+    out = Path(args.json or "gpu_check.json").with_suffix(".ddp.json").resolve()
     out.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--size", args.size, "--device", args.device]
+    cmd = [sys.executable, "-m", "bench.gpu_check", "--size", args.size, "--device", args.device]
     cmd += ["--item", "ddp", "--item-out", str(out)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     row = {"item": "ddp stage 3", "wall_s": time.perf_counter() - t0}
     if res.returncode != 0 or not out.is_file():
         row.update(ok=False, note=(res.stderr or res.stdout)[-300:])

@@ -17,8 +17,8 @@ depend on the number of denoising steps, so the scenario uses ``--steps 2`` by d
 are the true ones at ``--size full`` (512x512 images, 24x320x576 video, 5 s audio). Target at full
 size: < 24 GB with lazy loading or offload.
 
-    python bench/memory.py --size full --device cuda --json memory.json
-    python bench/memory.py --size small --device cpu
+    python -m bench.memory --size full --device cuda --json memory.json
+    python -m bench.memory --size small --device cpu
 """
 
 from __future__ import annotations
@@ -32,26 +32,15 @@ import tempfile
 import time
 from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from bench.common import (  # noqa: E402
-    MEDIA,
-    Report,
-    base_parser,
-    build_model,
-    cli_main,
-    env_info,
-    raw_media,
-    resolve_device,
-    resolve_dtypes,
-    setup,
-    suppress_eos,
-    sync,
-)
+from bench.cli import base_parser, cli_main, setup
+from bench.hardware import env_info, resolve_device, resolve_dtypes, sync
+from bench.inputs import raw_media
+from bench.report import Report
+from bench.sizes import MEDIA, build_model, suppress_eos
 
 MODES = ("resident", "lazy", "offload")
+#: The repository root: each mode runs as ``python -m bench.memory --child MODE`` from there.
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv):
@@ -189,7 +178,8 @@ def run(args) -> Report:
             out = Path(tmp) / f"{mode}.json"
             cmd = [
                 sys.executable,
-                str(Path(__file__).resolve()),
+                "-m",
+                "bench.memory",
                 *forwarded,
                 "--child",
                 mode,
@@ -197,7 +187,7 @@ def run(args) -> Report:
                 str(out),
             ]
             env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
             if proc.returncode != 0:
                 raise RuntimeError(f"memory benchmark, mode {mode} failed:\n{proc.stderr[-4000:]}")
             rows.append(json.loads(out.read_text()))

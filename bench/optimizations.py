@@ -7,7 +7,7 @@
 3. Decoders loaded once and reused vs a pipeline rebuilt on every call, as upstream did
    (seconds per image).
 
-    python bench/optimizations.py --preset small --tokens 48
+    python -m bench.optimizations --preset small --tokens 48
 """
 
 from __future__ import annotations

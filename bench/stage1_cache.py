@@ -15,37 +15,23 @@ workers) are not in either. Also reported: the encoder alone on the batch, and i
 online step. Batches at ``--size full``: 18 samples (paper Table 7) of 64 tokens (8 media tokens +
 prompt + caption).
 
-    python bench/stage1_cache.py --size full --device cuda --json stage1_cache.json
-    python bench/stage1_cache.py --size small --device cpu
+    python -m bench.stage1_cache --size full --device cuda --json stage1_cache.json
+    python -m bench.stage1_cache --size small --device cpu
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
-from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from bench.common import (  # noqa: E402
-    MEDIA,
-    SIZE_SPECS,
-    Report,
-    RowSpec,
-    base_parser,
-    batch_to,
-    build_model,
-    cli_main,
-    env_info,
-    setup,
-    synthetic_batch,
-    timeit,
-)
+from bench.cli import base_parser, cli_main, setup
+from bench.hardware import env_info
+from bench.inputs import RowSpec, batch_to, synthetic_batch
+from bench.report import Report
+from bench.sizes import MEDIA, SIZE_SPECS, build_model
+from bench.timing import timeit
 
 
 def parse_args(argv):

@@ -7,7 +7,7 @@ optimiser step. Stage 1 compares online encoding (preprocessing + frozen ImageBi
 with the encoder cache; stage 2 compares online caption targets (the decoders' frozen text encoders)
 with the caption cache. Reported: samples/s and the cached/online ratio, measured in one run.
 
-    python bench/stage_throughput.py --presets tiny small --steps 6
+    python -m bench.stage_throughput --presets tiny small --steps 6
 """
 
 from __future__ import annotations

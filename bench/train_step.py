@@ -13,7 +13,7 @@ by the frozen encoder, moved to the device in every step as Lightning would), so
 in the step.
 
 MFU = model FLOPs per step / step time / peak. Model FLOPs count the LLM only (projectors are
-< 1% of the step) with a frozen base (see ``bench.common.train_step_flops``):
+< 1% of the step) with a frozen base (see ``bench.flops.train_step_flops``):
 
     (2 + 2) * N_frozen * T + (2 + 2 + 2) * N_lora * T + 12 * L * d * S * T
 
@@ -23,39 +23,23 @@ the hardware FLOPs utilisation including the recomputed forward of gradient chec
 Peak: the GPU's dense bf16 datasheet peak (H100 SXM / H200 989 TFLOPS, A100 312); on CPU a measured
 matmul throughput stands in (labelled).
 
-    python bench/train_step.py --size full --device cuda --json train_step.json
-    python bench/train_step.py --size small --device cpu
+    python -m bench.train_step --size full --device cuda --json train_step.json
+    python -m bench.train_step --size small --device cpu
 """
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from bench.common import (  # noqa: E402
-    SIZE_SPECS,
-    Report,
-    RowSpec,
-    base_parser,
-    batch_to,
-    build_model,
-    cli_main,
-    count_parameters,
-    env_info,
-    llm_matmul_params,
-    peak_flops,
-    setup,
-    synthetic_batch,
-    timeit,
-    train_step_flops,
-)
+from bench.cli import base_parser, cli_main, setup
+from bench.flops import count_parameters, llm_matmul_params, train_step_flops
+from bench.hardware import env_info, peak_flops
+from bench.inputs import RowSpec, batch_to, synthetic_batch
+from bench.report import Report
+from bench.sizes import SIZE_SPECS, build_model
+from bench.timing import timeit
 
 #: Row pattern of the synthetic stage-3 batch: (input modality, output modality).
 ROW_PATTERN = (("image", "image"), ("audio", "audio"), ("video", "video"), ("image", None))

@@ -51,55 +51,58 @@ def run_script(bench, name: str, tmp_path: Path, *extra: str) -> dict:
 
 
 def test_llama_7b_matmul_parameters(bench):
-    common = bench("common")
+    flops = bench("flops")
     # Vicuna-7B: 32 x (4 x 4096^2 + 3 x 4096 x 11008) + 32000 x 4096 (LM head); embeddings excluded.
-    assert common.llama_matmul_params(4096, 32, 32, 32, 11008, 32000) == 6_607_077_376
+    assert flops.llama_matmul_params(4096, 32, 32, 32, 11008, 32000) == 6_607_077_376
     # Grouped-query attention shrinks k and v only.
-    assert common.llama_matmul_params(64, 1, 4, 2, 128, 10) == 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 640
+    assert flops.llama_matmul_params(64, 1, 4, 2, 128, 10) == 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 640
 
 
 def test_llm_matmul_params_of_a_built_model(bench):
-    common = bench("common")
+    flops, sizes, hardware = bench("flops"), bench("sizes"), bench("hardware")
     device = torch.device("cpu")
-    model = common.build_model("smoke", device, common.resolve_dtypes("auto", device))
-    frozen, lora = common.llm_matmul_params(model.llm)
-    d = common.SIZE_SPECS["smoke"].llm
-    assert frozen == common.llama_matmul_params(d.hidden, d.layers, d.heads, d.kv_heads, d.ffn, d.vocab)
+    model = sizes.build_model("smoke", device, hardware.resolve_dtypes("auto", device))
+    frozen, lora = flops.llm_matmul_params(model.llm)
+    d = model.config.model.llm  # the smoke overlay's LLM shape
+    assert (d.hidden_size, d.num_layers, d.num_kv_heads, d.lora.r) == (64, 2, 4, 4)
+    assert frozen == flops.llama_matmul_params(
+        d.hidden_size, d.num_layers, d.num_heads, d.num_kv_heads, d.intermediate_size, d.vocab_size
+    )
     # LoRA on q, k, v, o (each d -> d): A [r, d] + B [d, r] per projection.
-    assert lora == d.layers * 4 * 2 * d.lora_r * d.hidden
+    assert lora == d.num_layers * 4 * 2 * d.lora.r * d.hidden_size
 
 
 def test_train_step_flops(bench):
-    common = bench("common")
-    f = common.train_step_flops(
-        frozen=1000, trainable=10, layers=2, hidden=8, batch=3, seq=5, recompute=False
-    )
+    flops = bench("flops")
+    f = flops.train_step_flops(frozen=1000, trainable=10, layers=2, hidden=8, batch=3, seq=5, recompute=False)
     T = 15
     attention = 12 * 2 * 8 * 5 * T
     assert f["tokens"] == T
     assert f["model"] == 4 * 1000 * T + 6 * 10 * T + attention
     assert f["six_n"] - f["model"] == 2 * 1000 * T  # no weight gradients for frozen weights
     assert f["hardware"] == f["model"]
-    g = common.train_step_flops(frozen=1000, trainable=10, layers=2, hidden=8, batch=3, seq=5, recompute=True)
+    g = flops.train_step_flops(frozen=1000, trainable=10, layers=2, hidden=8, batch=3, seq=5, recompute=True)
     assert g["hardware"] - g["model"] == 2 * 1010 * T + attention / 3  # one more forward
 
 
 def test_device_tables(bench):
-    common = bench("common")
-    assert common.lookup(common.BF16_PEAK_FLOPS, "NVIDIA H100 80GB HBM3")[0] == 989e12
-    assert common.lookup(common.BF16_PEAK_FLOPS, "NVIDIA H100 PCIe")[0] == 756e12
-    assert common.lookup(common.BF16_PEAK_FLOPS, "NVIDIA H200")[0] == 989e12
-    assert common.lookup(common.BF16_PEAK_FLOPS, "NVIDIA A100-SXM4-80GB")[0] == 312e12
-    assert common.lookup(common.HBM_BANDWIDTH, "NVIDIA H100 80GB HBM3")[0] == 3.35e12
-    assert common.lookup(common.HBM_BANDWIDTH, "NVIDIA H200")[0] == 4.8e12
-    assert common.lookup(common.HBM_BANDWIDTH, "NVIDIA A100-SXM4-80GB")[0] == 2.0e12
-    assert common.lookup(common.HBM_BANDWIDTH, "NVIDIA A100-SXM4-40GB")[0] == 1.555e12
-    assert common.lookup(common.BF16_PEAK_FLOPS, "Tesla T4") is None
+    hw = bench("hardware")
+    assert hw.lookup(hw.BF16_PEAK_FLOPS, "NVIDIA H100 80GB HBM3")[0] == 989e12
+    assert hw.lookup(hw.BF16_PEAK_FLOPS, "NVIDIA H100 PCIe")[0] == 756e12
+    assert hw.lookup(hw.BF16_PEAK_FLOPS, "NVIDIA H200")[0] == 989e12
+    assert hw.lookup(hw.BF16_PEAK_FLOPS, "NVIDIA A100-SXM4-80GB")[0] == 312e12
+    assert hw.lookup(hw.HBM_BANDWIDTH, "NVIDIA H100 80GB HBM3")[0] == 3.35e12
+    assert hw.lookup(hw.HBM_BANDWIDTH, "NVIDIA H200")[0] == 4.8e12
+    assert hw.lookup(hw.HBM_BANDWIDTH, "NVIDIA A100-SXM4-80GB")[0] == 2.0e12
+    assert hw.lookup(hw.HBM_BANDWIDTH, "NVIDIA A100-SXM4-40GB")[0] == 1.555e12
+    assert hw.lookup(hw.BF16_PEAK_FLOPS, "Tesla T4") is None
 
 
 def test_full_size_overrides_are_the_preset_shapes(bench):
-    common = bench("common")
-    cfg = common.build_config("full", common.Dtypes("bfloat16", "float16", "bfloat16"))
+    from nextgpt import NextGPTConfig
+
+    sizes = bench("sizes")
+    cfg = sizes.build_config("full", bench("hardware").Dtypes("bfloat16", "float16", "bfloat16"))
     llm = cfg.model.llm
     assert (llm.hidden_size, llm.num_layers, llm.num_heads, llm.intermediate_size, llm.vocab_size) == (
         4096,
@@ -117,24 +120,32 @@ def test_full_size_overrides_are_the_preset_shapes(bench):
     assert (video.cond_dim, video.num_frames, video.height, video.width) == (1024, 24, 320, 576)
     assert cfg.model.outputs["audio"].decoder.audio_length_in_s == 5.0
     assert all(cfg.model.outputs[m].decoder.path is None for m in ("image", "audio", "video"))
+    # The shapes are the preset's own: the full overlay repeats none of them (one source).
+    preset = NextGPTConfig.from_preset("nextgpt-7b").model
+    assert cfg.model.encoder.trunks == preset.encoder.trunks
+    assert (cfg.model.llm.hidden_size, cfg.model.input_projector) == (
+        preset.llm.hidden_size,
+        preset.input_projector,
+    )
+    assert not any(o.startswith(("model.encoder.", "model.llm.")) for o in sizes.SIZE_SPECS["full"].overlay)
 
 
 def test_full_size_component_shapes(bench):
     """The real-shaped diffusers components (built on the meta device: no memory) have the
     published parameter counts: SD 1.5 UNet 859.5M, Zeroscope UNet 1.41B, AudioLDM-L UNet 739M."""
-    common = bench("common")
+    from nextgpt.decoders.tiny import build_components
+
+    count = bench("flops").count_parameters
     meta = torch.device("meta")
-    sd = common.stable_diffusion_components(common.SD15, 77, 768, device=meta, dtype=torch.float32)
-    assert common.count_parameters(sd["unet"]) == 859_520_964
-    assert common.count_parameters(sd["vae"]) == 83_653_863
-    assert common.count_parameters(sd["text_encoder"]) == 123_060_480
-    video = common.zeroscope_components(common.ZEROSCOPE_V2_576W, 77, 1024, device=meta, dtype=torch.float32)
-    assert round(common.count_parameters(video["unet"]) / 1e6) == 1411
-    assert round(common.count_parameters(video["text_encoder"]) / 1e6) == 340
-    audio = common.audioldm_components(
-        common.AUDIOLDM_L_FULL, 512, sample_rate=16000, device=meta, dtype=torch.float32
-    )
-    assert round(common.count_parameters(audio["unet"]) / 1e6) == 739  # the model card's AudioLDM-L size
+    sd = build_components("stable_diffusion", "real", 77, 768, device=meta, dtype=torch.float32)
+    assert count(sd["unet"]) == 859_520_964
+    assert count(sd["vae"]) == 83_653_863
+    assert count(sd["text_encoder"]) == 123_060_480
+    video = build_components("zeroscope", "real", 77, 1024, device=meta, dtype=torch.float32)
+    assert round(count(video["unet"]) / 1e6) == 1411
+    assert round(count(video["text_encoder"]) / 1e6) == 340
+    audio = build_components("audioldm", "real", 1, 512, sample_rate=16000, device=meta, dtype=torch.float32)
+    assert round(count(audio["unet"]) / 1e6) == 739  # the model card's AudioLDM-L size
 
 
 # ------------------------------------------------------------------------------------------ smoke runs
