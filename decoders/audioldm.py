@@ -45,6 +45,7 @@ class AudioLDMDecoder(Decoder):
     kind = "audioldm"
     modality = Modality.AUDIO
     expected_weights = "unet, vae, text_encoder (CLAP), tokenizer, vocoder, scheduler; e.g. audioldm-l-full"
+    OPTIONS = ("num_inference_steps", "guidance_scale", "audio_length_in_s")
 
     def __init__(
         self,
@@ -62,6 +63,11 @@ class AudioLDMDecoder(Decoder):
         super().__init__(cond_tokens=cond_tokens, cond_dim=cond_dim, **kwargs)
         self.audio_length_in_s = float(audio_length_in_s)
         self.sample_rate = int(sample_rate)
+
+    @property
+    def media_rate(self) -> float | None:
+        """The vocoder's sampling rate in Hz."""
+        return self.sample_rate
 
     @classmethod
     def _media_kwargs(cls, cfg: DecoderConfig) -> dict[str, Any]:

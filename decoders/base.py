@@ -99,6 +99,11 @@ class Decoder(abc.ABC):
     modality: ClassVar[Modality]
     #: What a real ``path`` directory holds, for error messages.
     expected_weights: ClassVar[str]
+    #: The media options :meth:`generate` takes by name, besides ``cond``, ``negative``, ``seed`` and
+    #: ``callback`` (each one a key of :data:`nextgpt.validate.DECODER_OPTIONS`). ``NextGPT.generate``
+    #: routes its decoder options by this table (:meth:`take_options`); a subclass that adds an
+    #: option to ``generate`` adds it here.
+    OPTIONS: ClassVar[tuple[str, ...]] = ("num_inference_steps", "guidance_scale")
 
     def __init__(
         self,
@@ -185,6 +190,20 @@ class Decoder(abc.ABC):
     def cond_shape(self) -> tuple[int, int]:
         """``(tokens, dim)`` of the conditioning per item, as the output projector must produce it."""
         return (self.cond_tokens, self.cond_dim)
+
+    @property
+    def media_rate(self) -> float | None:
+        """Samples per second of the media this decoder makes (an audio sample rate, a video frame
+        rate), or ``None`` when the media have no time axis (images)."""
+        return None
+
+    @classmethod
+    def take_options(cls, options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """``(taken, ignored)``: the options given (not ``None``) that this decoder takes
+        (:attr:`OPTIONS`), and the names of the given ones it does not take, in ``options`` order."""
+        given = {k: v for k, v in options.items() if v is not None}
+        taken = {k: v for k, v in given.items() if k in cls.OPTIONS}
+        return taken, [k for k in given if k not in taken]
 
     @property
     def is_tiny(self) -> bool:

@@ -43,6 +43,7 @@ class StableDiffusionDecoder(ClipTextDecoder):
     kind = "stable_diffusion"
     modality = Modality.IMAGE
     expected_weights = "unet, vae, text_encoder, tokenizer, scheduler; e.g. Stable Diffusion 1.5"
+    OPTIONS = ("num_inference_steps", "guidance_scale", "height", "width")
 
     def __init__(
         self,

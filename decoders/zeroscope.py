@@ -42,6 +42,7 @@ class ZeroscopeDecoder(ClipTextDecoder):
     expected_weights = (
         "unet (UNet3DConditionModel), vae, text_encoder, tokenizer, scheduler; e.g. zeroscope_v2_576w"
     )
+    OPTIONS = ("num_inference_steps", "guidance_scale", "height", "width", "num_frames")
 
     def __init__(
         self,
@@ -59,6 +60,11 @@ class ZeroscopeDecoder(ClipTextDecoder):
         self.width = int(width)
         self.num_frames = int(num_frames)
         self.fps = int(fps)
+
+    @property
+    def media_rate(self) -> float | None:
+        """The frame rate of the videos."""
+        return self.fps
 
     @classmethod
     def _media_kwargs(cls, cfg: DecoderConfig) -> dict[str, Any]:

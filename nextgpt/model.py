@@ -16,9 +16,10 @@ those tokens' input embeddings (REFERENCE.md 1.2), collected by our own decoding
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from nextgpt.checkpoint import (
 from nextgpt.config import NextGPTConfig
 from nextgpt.errors import CheckpointError, ConfigError, InputError
 from nextgpt.modality import Modality
-from nextgpt.outputs import GenerationOutput
+from nextgpt.outputs import GenerationOutput, ProgressEvent
 from nextgpt.processor import MediaItem, Processor, parse_inputs
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,22 @@ def _target_of(fn) -> tuple[torch.device, torch.dtype | None]:
     return p32.device, dtype
 
 
+def _progress_reporter(progress) -> Callable[[ProgressEvent], object] | None:
+    """``generate``'s checked ``progress`` as a function of one :class:`ProgressEvent` (``None``:
+    no reports). ``True`` logs each diffusion step as ``"<modality> diffusion step <k>/<n>"`` at
+    INFO on this module's logger (the web page reads these records)."""
+    if progress is False:
+        return None
+    if progress is True:
+
+        def log_steps(event: ProgressEvent) -> None:
+            if event.stage == "step":
+                logger.info("%s diffusion step %d/%d", event.modality.value, event.step, event.total)
+
+        return log_steps
+    return progress
+
+
 def _seeded(seed: int, build):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -74,6 +91,70 @@ class SignalRun:
 
     modality: Modality
     states: torch.Tensor
+
+
+@dataclass(frozen=True)
+class SignalTarget:
+    """What one signal run of a training row must produce: one record per run, in run order.
+
+    The collator (:class:`~nextgpt.stages.batch.Collator`) builds one per output media of a sample;
+    the stage module resolves ``cond`` and ``media`` (:meth:`StageModule.signal_targets
+    <nextgpt.stages.modules.StageModule.signal_targets>`) and :meth:`NextGPT.compute_losses` takes
+    them.
+
+    Attributes:
+        modality: the output modality; it must be the modality of the run's signal tokens.
+        caption: the caption whose decoder conditioning is the alignment target, or ``None``.
+        cond: that conditioning, ``[Q, C]`` (``[C]`` for a one-token decoder such as AudioLDM): from
+            the caption cache, or computed online from ``caption``; ``None``: no alignment loss on
+            this run.
+        media: the target media of the denoising loss. In a batch: the sample's decoded media
+            object (``None`` when output media are not decoded); for :meth:`NextGPT.compute_losses`:
+            that media prepared by the decoder (``Decoder.prepare_target``, a tensor), or ``None``
+            for no denoising loss on this run.
+
+    Raises:
+        InputError: a modality that is not a media :class:`~nextgpt.modality.Modality`, a caption
+            that is not a str, or a ``cond`` that is not a floating ``[Q, C]`` / ``[C]`` tensor.
+    """
+
+    modality: Modality
+    caption: str | None = None
+    cond: torch.Tensor | None = None
+    media: object | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.modality, Modality) or self.modality is Modality.TEXT:
+            raise InputError(
+                f"a signal target's modality must be image, audio or video, got {self.modality!r}"
+            )
+        if self.caption is not None and not isinstance(self.caption, str):
+            raise InputError(
+                f"the {self.modality.value} signal target's caption must be a str or None, "
+                f"got {type(self.caption).__name__}"
+            )
+        cond = self.cond
+        if cond is not None and (
+            not isinstance(cond, torch.Tensor) or not cond.is_floating_point() or cond.ndim not in (1, 2)
+        ):
+            what = (
+                f"{cond.dtype} {list(cond.shape)}" if isinstance(cond, torch.Tensor) else type(cond).__name__
+            )
+            raise InputError(
+                f"the {self.modality.value} signal target's cond must be a floating [Q, C] or [C] tensor, "
+                f"got {what}"
+            )
+
+    def __repr__(self) -> str:  # shapes and types, not tensor values
+        cond = None if self.cond is None else list(self.cond.shape)
+        media = None if self.media is None else type(self.media).__name__
+        return f"SignalTarget({self.modality.value}, caption={self.caption!r}, cond={cond}, media={media})"
+
+    def to(self, device: torch.device | str) -> SignalTarget:
+        """A copy with ``cond`` on ``device`` (``media`` is shared)."""
+        if self.cond is None:
+            return self
+        return dataclasses.replace(self, cond=self.cond.to(device, non_blocking=True))
 
 
 class NextGPT(nn.Module):
@@ -275,11 +356,10 @@ class NextGPT(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
         media_tokens: Sequence[torch.Tensor],
-        targets: Sequence[Sequence[torch.Tensor | None]] | None = None,
+        targets: Sequence[Sequence[SignalTarget]] | None = None,
         *,
         alignment_weights: dict[Modality, float] | None = None,
         lm_weight: float = 1.0,
-        denoise_media: Sequence[Sequence[torch.Tensor | None]] | None = None,
         denoise_weight: float = 1.0,
         generator: torch.Generator | None = None,
         input_idle: torch.Tensor | None = None,
@@ -289,21 +369,28 @@ class NextGPT(nn.Module):
         Args:
             input_ids, attention_mask, labels: ``[B, L]`` (labels ``-100`` where no loss is taken).
             media_tokens: projected input-media tokens per slot ``[T, H]``, in placeholder order.
-            targets: per row, per signal run in order, the decoder conditioning the run must match
-                (``[Q, C]``, e.g. the caption's CLIP ``last_hidden_state``), or ``None`` for no
-                alignment loss on that run. ``None`` skips alignment altogether (stage 1).
+            targets: per row, one :class:`SignalTarget` per signal run, in order, of the run's
+                modality: its ``cond`` is the decoder conditioning the run must match (``[Q, C]``,
+                e.g. the caption's CLIP ``last_hidden_state``; ``None``: no alignment loss on the
+                run), its ``media`` the target media prepared by the decoder
+                (``Decoder.prepare_target``) for the conditional latent denoising loss through the
+                frozen UNet (paper; ``None``: none on the run). ``None`` skips both altogether
+                (stage 1).
             alignment_weights: per-modality weight (default 1.0; upstream stage 3 uses 2.0 for video).
+            denoise_weight: scales the denoising loss.
             input_idle: the zero scalar of :meth:`project_inputs` (training), added to the loss so
                 that the idle projector calls are part of the graph.
-            denoise_media: per row and run, the target media prepared by the decoder
-                (``Decoder.prepare_target``) for the conditional latent denoising loss through the
-                frozen UNet (paper), or ``None``; ``denoise_weight`` scales it.
 
         Returns:
             ``loss`` (weighted total), ``lm_loss`` (next-token cross-entropy on labelled positions),
             ``align_loss`` and ``align_<modality>`` (mean over conditioning tokens of the per-token
             Euclidean distance, REFERENCE.md 1.2) for the modalities present, ``denoise_loss`` when
             denoising targets were given, and ``runs`` (count).
+
+        Raises:
+            InputError: ``targets`` do not match the signal runs (rows, count per row, modality), a
+                denoising target is not a tensor, or an alignment target's shape differs from the
+                projector's output.
         """
         embeds = self.embed_inputs(input_ids, media_tokens)
         out = self.llm(embeds, attention_mask)
@@ -320,17 +407,8 @@ class NextGPT(nn.Module):
         if targets is not None:
             runs = self.signal_runs(out.hidden, input_ids, embeds)
             weights = alignment_weights or {}
-            media = denoise_media or [[None] * len(r) for r in runs]
-            # per modality: (states, alignment target or None, denoising target or None) per run
-            per_mod: dict[Modality, list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]] = {}
-            for b, (row_runs, row_targets, row_media) in enumerate(zip(runs, targets, media)):
-                if len(row_runs) != len(row_targets) or len(row_runs) != len(row_media):
-                    raise InputError(
-                        f"row {b}: {len(row_runs)} signal runs but {len(row_targets)} alignment targets"
-                    )
-                for run, target, med in zip(row_runs, row_targets, row_media):
-                    if target is not None or med is not None:
-                        per_mod.setdefault(run.modality, []).append((run.states, target, med))
+            # per modality: (states, target) of every run with an alignment or a denoising target
+            per_mod = self._targets_by_modality(runs, targets)
             align_total = embeds.new_zeros(())
             denoise_terms: list[torch.Tensor] = []
             idle = embeds.new_zeros((), dtype=torch.float32)
@@ -343,8 +421,8 @@ class NextGPT(nn.Module):
                     dummy = torch.zeros(1, n, self.llm.hidden_size, device=self.device)
                     idle = idle + 0.0 * self.project_outputs(m, dummy).float().sum()
                     continue
-                pred = self.project_outputs(m, torch.stack([e[0] for e in entries]))  # (N, Q, C)
-                aligned = [(i, e[1]) for i, e in enumerate(entries) if e[1] is not None]
+                pred = self.project_outputs(m, torch.stack([states for states, _ in entries]))  # (N, Q, C)
+                aligned = [(i, t.cond) for i, (_, t) in enumerate(entries) if t.cond is not None]
                 if aligned:
                     p = pred[[i for i, _ in aligned]]
                     tgt = torch.stack(
@@ -359,10 +437,10 @@ class NextGPT(nn.Module):
                     dist = (p.float() - tgt.float()).pow(2).sum(-1).sqrt().mean()
                     losses[f"align_{m.value}"] = dist
                     align_total = align_total + weights.get(m, 1.0) * dist
-                for i, e in enumerate(entries):
-                    if e[2] is not None:
+                for i, (_, t) in enumerate(entries):
+                    if t.media is not None:
                         loss = self.decoders[m].denoising_loss(
-                            pred[i : i + 1], media=e[2].unsqueeze(0), generator=generator
+                            pred[i : i + 1], media=t.media.unsqueeze(0), generator=generator
                         )
                         denoise_terms.append(loss)
             losses["align_loss"] = align_total
@@ -373,6 +451,39 @@ class NextGPT(nn.Module):
             losses["runs"] = torch.tensor(sum(len(r) for r in runs))
         losses["loss"] = total
         return losses
+
+    @staticmethod
+    def _targets_by_modality(
+        runs: Sequence[Sequence[SignalRun]], targets: Sequence[Sequence[SignalTarget]]
+    ) -> dict[Modality, list[tuple[torch.Tensor, SignalTarget]]]:
+        """Pair each signal run with its target, checked; keep the pairs with an alignment or a
+        denoising target, per modality in batch order."""
+        if len(targets) != len(runs):
+            raise InputError(f"{len(runs)} batch rows but signal targets for {len(targets)} rows")
+        per_mod: dict[Modality, list[tuple[torch.Tensor, SignalTarget]]] = {}
+        for b, (row_runs, row_targets) in enumerate(zip(runs, targets)):
+            if len(row_runs) != len(row_targets):
+                raise InputError(
+                    f"row {b}: {len(row_runs)} signal runs but {len(row_targets)} alignment targets"
+                )
+            for i, (run, target) in enumerate(zip(row_runs, row_targets)):
+                if not isinstance(target, SignalTarget):
+                    raise InputError(
+                        f"row {b}: the target of signal run {i} must be a SignalTarget, got {type(target).__name__}"
+                    )
+                if target.modality is not run.modality:
+                    raise InputError(
+                        f"row {b}: signal run {i} is {run.modality.value} but its target is "
+                        f"{target.modality.value}"
+                    )
+                if target.media is not None and not isinstance(target.media, torch.Tensor):
+                    raise InputError(
+                        f"row {b}: the denoising target of signal run {i} ({run.modality.value}) must be "
+                        f"a tensor prepared by Decoder.prepare_target, got {type(target.media).__name__}"
+                    )
+                if target.cond is not None or target.media is not None:
+                    per_mod.setdefault(run.modality, []).append((run.states, target))
+        return per_mod
 
     # ------------------------------------------------------------------ generation
 
@@ -402,7 +513,7 @@ class NextGPT(nn.Module):
         width: int | None = None,
         num_frames: int | None = None,
         audio_length_in_s: float | None = None,
-        progress: bool = False,
+        progress: bool | Callable[[ProgressEvent], object] = False,
     ) -> GenerationOutput:
         """Answer ``inputs`` in text and/or media.
 
@@ -426,7 +537,12 @@ class NextGPT(nn.Module):
                 decoder options (defaults from each decoder's config): steps in ``[1, 500]``,
                 guidance in ``[0, 100]``, height/width multiples of 8 in ``[8, 2048]``, frames in
                 ``[1, 256]``, audio length in ``[0.05, 60]`` seconds.
-            progress: log each diffusion step (a bool).
+            progress: ``False`` (default): no reports; ``True``: log each diffusion step at INFO on
+                this module's logger (``"<modality> diffusion step <k>/<n>"``); a callable:
+                ``progress(event)`` with a :class:`~nextgpt.outputs.ProgressEvent` when the LLM
+                starts (``"text"``), when each media item starts decoding (``"decode"``) and after
+                each of its diffusion steps (``"step"``), as diffusers' ``callback_on_step_end``;
+                its return value is ignored and an exception it raises ends the call.
 
         Every argument is checked before any work starts (see :mod:`nextgpt.validate`): a bad value
         raises :class:`~nextgpt.errors.InputError` naming it and its valid range.
@@ -439,7 +555,7 @@ class NextGPT(nn.Module):
         top_p = check.check_real("top_p", top_p, low=0.0, high=1.0, low_open=True)
         stops = self._stops(stop)
         seed = check.check_seed(seed)
-        progress = check.check_bool("progress", progress)
+        progress = check.check_progress(progress)
         dec_kwargs = check.check_decoder_options(
             {
                 "num_inference_steps": num_inference_steps,
@@ -451,6 +567,7 @@ class NextGPT(nn.Module):
             }
         )
         allowed, forced, want_text = self._parse_modalities(modalities)
+        report = _progress_reporter(progress)
         self.eval()
         self.llm.set_lora_merged(True)  # inference: one matmul per projection instead of three
         enc = self.processor.encode(parse_inputs(inputs), add_generation_prompt=True)
@@ -459,6 +576,8 @@ class NextGPT(nn.Module):
         gen = torch.Generator(device=self.device)
         if seed is not None:
             gen.manual_seed(seed)
+        if report is not None:
+            report(ProgressEvent("text"))
         tokens, runs = self._decode(
             embeds,
             allowed=allowed,
@@ -471,15 +590,8 @@ class NextGPT(nn.Module):
         out = GenerationOutput(text=self.processor.decode(tokens) if want_text else "", token_ids=tokens)
         for i, run in enumerate(runs):
             cond = self.project_outputs(run.modality, run.states.unsqueeze(0))  # (1, Q, C)
-            media = self._decode_media(run.modality, cond, check.derived_seed(seed, i), dec_kwargs, progress)
-            if run.modality is Modality.IMAGE:
-                out.images += media
-            elif run.modality is Modality.AUDIO:
-                out.audios += media
-                out.audio_sample_rate = self.decoders[run.modality].sample_rate
-            else:
-                out.videos += media
-                out.video_fps = self.decoders[run.modality].fps
+            media = self._decode_media(run.modality, cond, check.derived_seed(seed, i), dec_kwargs, report, i)
+            out.add(run.modality, media, self.decoders[run.modality].media_rate)
         return out
 
     def _stops(self, stop: Sequence[str] | str | None) -> tuple[str, ...]:
@@ -600,24 +712,22 @@ class NextGPT(nn.Module):
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
         return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
 
-    def _decode_media(self, modality, cond, seed, kwargs, progress):
-        import inspect
-
+    def _decode_media(self, modality, cond, seed, kwargs, report=None, index=0):
+        """Media item ``index`` of the call from conditioning ``cond``: the decoder gets the options
+        of ``kwargs`` it declares (``Decoder.OPTIONS``); the others are ignored (logged at DEBUG)."""
         decoder = self.decoders[modality]
-        accepted = set(inspect.signature(decoder.generate).parameters)
-        if progress:
-            opts_cb = {
-                "callback": lambda step, total: logger.info(
-                    "%s diffusion step %d/%d", modality.value, step, total
-                )
-            }
-        else:
-            opts_cb = {}
-        opts = {k: v for k, v in kwargs.items() if v is not None and k in accepted}
-        dropped = [k for k, v in kwargs.items() if v is not None and k not in accepted]
+        opts, dropped = decoder.take_options(kwargs)
         if dropped:
             logger.debug("%s decoder ignores %s", modality.value, dropped)
-        return decoder.generate(cond, seed=seed, **opts, **opts_cb)
+        if report is None:
+            return decoder.generate(cond, seed=seed, **opts)
+        total = int(opts.get("num_inference_steps") or decoder.num_inference_steps)
+        report(ProgressEvent("decode", modality, index, 0, total))
+
+        def on_step(step: int, num_steps: int) -> None:
+            report(ProgressEvent("step", modality, index, step, num_steps))
+
+        return decoder.generate(cond, seed=seed, **opts, callback=on_step)
 
     # ------------------------------------------------------------------ persistence
 
@@ -694,4 +804,4 @@ class NextGPT(nn.Module):
         return model
 
 
-__all__ = ["NextGPT", "SignalRun"]
+__all__ = ["NextGPT", "SignalRun", "SignalTarget"]

@@ -1,39 +1,126 @@
-"""What :meth:`nextgpt.NextGPT.generate` returns, and how it is written to disk."""
+"""What :meth:`nextgpt.NextGPT.generate` returns, how it is written to disk, and what it reports while
+it runs (:class:`ProgressEvent`)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from nextgpt.modality import MEDIA_MODALITIES, Modality
 
-@dataclass
+
+@dataclass(init=False)
 class GenerationOutput:
     """Text and media produced by one ``generate`` call.
 
+    The media are kept per modality (:attr:`media`, :attr:`rates`); ``images``, ``audios``,
+    ``videos``, ``audio_sample_rate`` and ``video_fps`` read and write those same entries.
+
     Attributes:
         text: the answer, without signal, placeholder or wrapper tokens.
-        images: PIL images.
-        audios: float32 mono waveforms ``[N]`` at ``audio_sample_rate``.
-        videos: uint8 frames ``[T, H, W, 3]`` at ``video_fps``.
+        media: per media modality (image, audio, video; always all three) the items produced, in
+            order: PIL images; float32 mono waveforms ``[N]``; uint8 frames ``[T, H, W, 3]``.
+        rates: per timed modality, samples per second of its media: the audio sample rate (Hz), the
+            video frame rate (absent: not produced, or not known).
         token_ids: the generated token ids (signal tokens included), for inspection.
+        images, audios, videos: ``media[IMAGE]``, ``media[AUDIO]``, ``media[VIDEO]``.
+        audio_sample_rate, video_fps: ``rates[AUDIO]``, ``rates[VIDEO]`` (``None`` when absent).
     """
 
-    text: str = ""
-    images: list = field(default_factory=list)
-    audios: list[np.ndarray] = field(default_factory=list)
-    videos: list[np.ndarray] = field(default_factory=list)
-    audio_sample_rate: int | None = None
-    video_fps: float | None = None
-    token_ids: list[int] = field(default_factory=list)
+    text: str
+    media: dict[Modality, list]
+    rates: dict[Modality, float]
+    token_ids: list[int]
+
+    def __init__(
+        self,
+        text: str = "",
+        images: list | None = None,
+        audios: list[np.ndarray] | None = None,
+        videos: list[np.ndarray] | None = None,
+        audio_sample_rate: int | None = None,
+        video_fps: float | None = None,
+        token_ids: list[int] | None = None,
+        *,
+        media: dict[Modality, list] | None = None,
+        rates: dict[Modality, float] | None = None,
+    ) -> None:
+        self.text = text
+        self.token_ids = list(token_ids) if token_ids is not None else []
+        self.media = {m: [] for m in MEDIA_MODALITIES}
+        for m, items in (media or {}).items():
+            self.media[_media_modality(m)] = list(items)
+        self.rates = {_media_modality(m): r for m, r in (rates or {}).items() if r is not None}
+        for m, items in ((Modality.IMAGE, images), (Modality.AUDIO, audios), (Modality.VIDEO, videos)):
+            if items is not None:
+                self.media[m] = items
+        if audio_sample_rate is not None:
+            self.rates[Modality.AUDIO] = audio_sample_rate
+        if video_fps is not None:
+            self.rates[Modality.VIDEO] = video_fps
+
+    def add(self, modality: Modality, items: list, rate: float | None = None) -> None:
+        """Append ``items`` of ``modality`` (and record its ``rate`` when it has one)."""
+        self.media[modality] += items
+        if rate is not None:
+            self.rates[modality] = rate
+
+    # The per-modality views kept from the first API (attribute names of the old dataclass fields).
+
+    @property
+    def images(self) -> list:
+        return self.media[Modality.IMAGE]
+
+    @images.setter
+    def images(self, value: list) -> None:
+        self.media[Modality.IMAGE] = value
+
+    @property
+    def audios(self) -> list[np.ndarray]:
+        return self.media[Modality.AUDIO]
+
+    @audios.setter
+    def audios(self, value: list[np.ndarray]) -> None:
+        self.media[Modality.AUDIO] = value
+
+    @property
+    def videos(self) -> list[np.ndarray]:
+        return self.media[Modality.VIDEO]
+
+    @videos.setter
+    def videos(self, value: list[np.ndarray]) -> None:
+        self.media[Modality.VIDEO] = value
+
+    @property
+    def audio_sample_rate(self) -> int | None:
+        return self.rates.get(Modality.AUDIO)
+
+    @audio_sample_rate.setter
+    def audio_sample_rate(self, value: int | None) -> None:
+        self._set_rate(Modality.AUDIO, value)
+
+    @property
+    def video_fps(self) -> float | None:
+        return self.rates.get(Modality.VIDEO)
+
+    @video_fps.setter
+    def video_fps(self, value: float | None) -> None:
+        self._set_rate(Modality.VIDEO, value)
+
+    def _set_rate(self, modality: Modality, value: float | None) -> None:
+        if value is None:
+            self.rates.pop(modality, None)
+        else:
+            self.rates[modality] = value
 
     def save(self, directory: str | os.PathLike, prefix: str = "output") -> list[Path]:
         """Write the text (``.txt``), images (PNG), audio (16-bit WAV) and videos (H.264 MP4) into
-        ``directory``; returns the paths written, in that order."""
-        import soundfile
-
+        ``directory`` as ``{prefix}.txt`` and ``{prefix}_{modality}{i}.{ext}``; returns the paths
+        written, in that order."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         paths = []
@@ -41,23 +128,44 @@ class GenerationOutput:
             p = out / f"{prefix}.txt"
             p.write_text(self.text + "\n", encoding="utf-8")
             paths.append(p)
-        for i, image in enumerate(self.images):
-            p = out / f"{prefix}_image{i}.png"
-            image.save(p)
-            paths.append(p)
-        for i, wave in enumerate(self.audios):
-            p = out / f"{prefix}_audio{i}.wav"
-            soundfile.write(
-                p,
-                np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0),
-                int(self.audio_sample_rate or 16000),
-            )
-            paths.append(p)
-        for i, frames in enumerate(self.videos):
-            p = out / f"{prefix}_video{i}.mp4"
-            write_mp4(p, frames, self.video_fps or 8)
-            paths.append(p)
+        for m in MEDIA_MODALITIES:
+            ext, write = _WRITERS[m]
+            for i, item in enumerate(self.media[m]):
+                p = out / f"{prefix}_{m.value}{i}.{ext}"
+                write(p, item, self.rates.get(m))
+                paths.append(p)
         return paths
+
+
+def _media_modality(value: str | Modality) -> Modality:
+    modality = Modality.parse(value)
+    if modality not in MEDIA_MODALITIES:
+        raise ValueError(
+            f"GenerationOutput holds media of {', '.join(map(str, MEDIA_MODALITIES))}, not {modality}"
+        )
+    return modality
+
+
+def _write_png(path: Path, image, rate: float | None) -> None:
+    image.save(path)
+
+
+def _write_wav(path: Path, wave, rate: float | None) -> None:
+    import soundfile
+
+    soundfile.write(path, np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0), int(rate or 16000))
+
+
+def _write_video(path: Path, frames, rate: float | None) -> None:
+    write_mp4(path, frames, rate or 8)
+
+
+#: Per media modality: the file extension and the writer ``(path, item, rate)`` of :meth:`save`.
+_WRITERS: dict[Modality, tuple[str, Callable[[Path, object, float | None], None]]] = {
+    Modality.IMAGE: ("png", _write_png),
+    Modality.AUDIO: ("wav", _write_wav),
+    Modality.VIDEO: ("mp4", _write_video),
+}
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
@@ -76,3 +184,51 @@ def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+# ------------------------------------------------------------------ progress
+
+
+#: The stages a :class:`ProgressEvent` reports, in the order one ``generate`` call goes through them.
+PROGRESS_STAGES = ("text", "decode", "step")
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One progress report of ``NextGPT.generate(..., progress=callback)``: ``callback(event)`` is
+    called with it (its return value is ignored; an exception it raises ends the call).
+
+    ``stage`` is one of :data:`PROGRESS_STAGES`:
+
+    * ``"text"``: the LLM starts decoding (the text and the signal tokens); once per call, first.
+    * ``"decode"``: media item ``index`` (0-based over the call's media) of ``modality`` starts
+      decoding; ``step`` 0 of ``total`` diffusion steps.
+    * ``"step"``: diffusion step ``step`` (1-based) of ``total`` of that item is done, as the
+      decoder reports it (diffusers' ``callback_on_step_end``); the last one has ``step == total``.
+
+    Attributes:
+        stage: see above.
+        modality: the media modality being decoded (``None`` for ``"text"``).
+        index: the media item of the call (``None`` for ``"text"``).
+        step, total: diffusion steps done and planned for the item (``0, 0`` for ``"text"``).
+    """
+
+    stage: str
+    modality: Modality | None = None
+    index: int | None = None
+    step: int = 0
+    total: int = 0
+
+    @property
+    def fraction(self) -> float | None:
+        """``step / total`` of the item being decoded (``None`` for ``"text"``)."""
+        return None if self.stage == "text" else self.step / max(self.total, 1)
+
+    def describe(self) -> str:
+        """One line for a user: ``generating text...``, ``decoding image: step 3/25``."""
+        if self.stage == "text":
+            return "generating text..."
+        return f"decoding {self.modality.value}: step {self.step}/{self.total}"
+
+
+__all__ = ["PROGRESS_STAGES", "GenerationOutput", "ProgressEvent", "write_mp4"]

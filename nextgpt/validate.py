@@ -11,7 +11,8 @@ Accepted values (``None`` always means "the default" for the decoder options):
 argument               valid values
 =====================  ==========================================================================
 max_new_tokens         int, ``1 <= n <=`` the LLM's context length (``max_position_embeddings``)
-do_sample, progress    bool
+do_sample              bool
+progress               bool, or a callable ``progress(event)`` (:class:`~nextgpt.outputs.ProgressEvent`)
 temperature            finite float, ``0`` (greedy, as with ``do_sample=False``) or
                        ``>= 2.2250738585072014e-308`` (the smallest normal float); negative refused
 top_p                  finite float in ``(0, 1]``
@@ -57,6 +58,7 @@ __all__ = [
     "check_callback",
     "check_decoder_options",
     "check_int",
+    "check_progress",
     "check_real",
     "check_seed",
     "check_side",
@@ -138,6 +140,15 @@ def check_bool(name: str, value: Any) -> bool:
     if not _is_bool(value):
         raise InputError(f"{name} must be True or False, got {_show(value)}")
     return bool(value)
+
+
+def check_progress(value: Any, name: str = "progress") -> bool | Callable[..., Any]:
+    """A bool (``numpy.bool_`` accepted; ints and strings are not) or a callable ``progress(event)``."""
+    if _is_bool(value):
+        return bool(value)
+    if callable(value):
+        return value
+    raise InputError(f"{name} must be True or False or a callable progress(event), got {_show(value)}")
 
 
 def check_seed(value: Any, name: str = "seed") -> int | None:

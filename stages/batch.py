@@ -19,19 +19,58 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from nextgpt.errors import InputError
 from nextgpt.modality import Modality
+from nextgpt.model import SignalTarget
 from nextgpt.processor import IGNORE_INDEX, Encoded, Processor
 from nextgpt.stages.data.schema import DroppedSample
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+def signal_targets(
+    modalities: Sequence[Sequence[Modality]],
+    captions: Sequence[Sequence[str | None]] | None = None,
+    conds: Sequence[Sequence[torch.Tensor | None]] | None = None,
+    media: Sequence[Sequence[object | None]] | None = None,
+) -> list[list[SignalTarget]]:
+    """Per row, one :class:`~nextgpt.model.SignalTarget` per output from parallel ragged lists (per
+    row, per output: modality, caption, cached conditioning, target media; ``None`` lists: none).
+
+    Raises:
+        InputError: a list whose rows, or a row whose outputs, do not match ``modalities``.
+    """
+    columns = {"captions": captions, "alignment targets": conds, "output media": media}
+    for name, rows in columns.items():
+        if rows is None:
+            continue
+        if len(rows) != len(modalities):
+            raise InputError(f"{len(modalities)} rows of output modalities but {len(rows)} rows of {name}")
+        for b, (mods, row) in enumerate(zip(modalities, rows)):
+            if len(row) != len(mods):
+                raise InputError(f"row {b}: {len(mods)} outputs but {len(row)} {name}")
+    out = []
+    for b, mods in enumerate(modalities):
+        out.append(
+            [
+                SignalTarget(
+                    m,
+                    caption=None if captions is None else captions[b][i],
+                    cond=None if conds is None else conds[b][i],
+                    media=None if media is None else media[b][i],
+                )
+                for i, m in enumerate(mods)
+            ]
+        )
+    return out
+
+
+@dataclass(init=False)
 class Batch:
     """One training batch.
 
@@ -43,14 +82,19 @@ class Batch:
         media: preprocessed encoder inputs per modality (items in slot order), or ``None`` when
             ``features`` come from the encoder cache.
         features: cached encoder features per modality, or ``None``.
-        output_modalities, output_captions: per row, per output (signal run) its modality and the
-            caption whose decoder conditioning is the alignment target.
-        targets: cached alignment targets per row and run, or ``None`` (computed online).
-        output_media: per row and run, the target media (denoising loss) or ``None``.
+        outputs: per row, one :class:`~nextgpt.model.SignalTarget` per output (signal run), in
+            order: its modality, the caption whose decoder conditioning is the alignment target, that
+            conditioning when the caption cache holds it (else ``None``: computed online), and the
+            decoded target media (denoising loss) or ``None``.
         num_samples: samples this batch stands for (rows + dropped; padding not counted).
         drops: dropped samples by reason.
         skipped_keys: keys of the dropped samples.
         is_empty: every sample was dropped; the one row is unlabelled filler (:meth:`empty`).
+
+    ``output_modalities`` and ``output_captions`` are read-only views of ``outputs``. The parallel
+    lists ``output_modalities=``, ``output_captions=``, ``targets=`` and ``output_media=`` are still
+    accepted by the constructor instead of ``outputs=`` (they are checked and turned into records,
+    :func:`signal_targets`).
     """
 
     keys: list[str]
@@ -60,14 +104,64 @@ class Batch:
     slot_modalities: list[list[Modality]]
     media: dict[Modality, torch.Tensor] | None
     features: dict[Modality, torch.Tensor] | None
-    output_modalities: list[list[Modality]]
-    output_captions: list[list[str | None]]
-    targets: list[list[torch.Tensor | None]] | None = None
-    output_media: list[list[object | None]] = field(default_factory=list)
+    outputs: list[list[SignalTarget]]
     num_samples: int = 0
     drops: dict[str, int] = field(default_factory=dict)
     skipped_keys: list[str] = field(default_factory=list)
     is_empty: bool = False
+
+    def __init__(
+        self,
+        keys: list[str],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        slot_modalities: list[list[Modality]],
+        media: dict[Modality, torch.Tensor] | None,
+        features: dict[Modality, torch.Tensor] | None,
+        outputs: list[list[SignalTarget]] | None = None,
+        num_samples: int = 0,
+        drops: dict[str, int] | None = None,
+        skipped_keys: list[str] | None = None,
+        is_empty: bool = False,
+        *,
+        output_modalities: list[list[Modality]] | None = None,
+        output_captions: list[list[str | None]] | None = None,
+        targets: list[list[torch.Tensor | None]] | None = None,
+        output_media: list[list[object | None]] | None = None,
+    ) -> None:
+        legacy = (output_captions, targets, output_media)
+        if outputs is None:
+            if output_modalities is None:
+                if any(x is not None for x in legacy):
+                    raise InputError("Batch: output captions, targets or media without output_modalities")
+                outputs = [[] for _ in range(input_ids.shape[0])]
+            else:
+                outputs = signal_targets(output_modalities, output_captions, targets, output_media or None)
+        elif output_modalities is not None or any(x is not None for x in legacy):
+            raise InputError("Batch: pass outputs= or the parallel output lists, not both")
+        self.keys = keys
+        self.input_ids = input_ids
+        self.attention_mask = attention_mask
+        self.labels = labels
+        self.slot_modalities = slot_modalities
+        self.media = media
+        self.features = features
+        self.outputs = [list(row) for row in outputs]
+        self.num_samples = num_samples
+        self.drops = dict(drops or {})
+        self.skipped_keys = list(skipped_keys or [])
+        self.is_empty = is_empty
+
+    @property
+    def output_modalities(self) -> list[list[Modality]]:
+        """Per row, the modality of each output (a view of :attr:`outputs`)."""
+        return [[t.modality for t in row] for row in self.outputs]
+
+    @property
+    def output_captions(self) -> list[list[str | None]]:
+        """Per row, the caption of each output (a view of :attr:`outputs`)."""
+        return [[t.caption for t in row] for row in self.outputs]
 
     @property
     def skipped(self) -> int:
@@ -85,10 +179,7 @@ class Batch:
             slot_modalities=[],
             media=None,
             features=None,
-            output_modalities=[[]],
-            output_captions=[[]],
-            targets=None,
-            output_media=[[]],
+            outputs=[[]],
             num_samples=num_samples,
             drops=dict(drops or {}),
             skipped_keys=list(skipped_keys),
@@ -96,8 +187,8 @@ class Batch:
         )
 
     def to(self, device: torch.device | str) -> Batch:
-        """A copy with the tensors (ids, masks, media/features, targets) on ``device``; media objects
-        (output media, captions) are shared."""
+        """A copy with the tensors (ids, masks, media/features, cached alignment targets) on
+        ``device``; media objects (output media, captions) are shared."""
 
         def move(x):
             if isinstance(x, torch.Tensor):
@@ -108,8 +199,10 @@ class Batch:
                 return [move(v) for v in x]
             return x
 
-        names = ("input_ids", "attention_mask", "labels", "media", "features", "targets")
-        return dataclasses.replace(self, **{name: move(getattr(self, name)) for name in names})
+        names = ("input_ids", "attention_mask", "labels", "media", "features")
+        moved = {name: move(getattr(self, name)) for name in names}
+        outputs = [[t.to(device) for t in row] for row in self.outputs]
+        return dataclasses.replace(self, **moved, outputs=outputs)
 
 
 class _Drop(Exception):
@@ -228,13 +321,20 @@ class Collator:
                     except (InputError, ValueError, RuntimeError, OSError) as exc:
                         raise _Drop("preprocess", f"{item.modality.value}: {exc}") from None
                 items.append((item.modality, value))
-        targets = None
+        conds: list[torch.Tensor | None] = [None] * len(enc.outputs)
         if self.caption_cache is not None:
             try:
-                targets = [self.caption_cache.get(sample.url, sample.key, i) for i in range(len(enc.outputs))]
+                conds = [self.caption_cache.get(sample.url, sample.key, i) for i in range(len(enc.outputs))]
             except KeyError as exc:
                 raise _Drop("cache_miss", str(exc)) from None
-        return sample, enc, items, targets, captions
+        try:
+            outputs = [
+                SignalTarget(slot[0].modality, caption=caption, cond=cond, media=slot[0].value)
+                for slot, caption, cond in zip(enc.outputs, captions, conds)
+            ]
+        except InputError as exc:
+            raise _Drop("template", str(exc)) from None
+        return sample, enc, items, outputs
 
     def __call__(self, samples) -> Batch:
         rows, drops, skipped_keys, seen = [], {}, [], 0
@@ -262,7 +362,7 @@ class Collator:
         labels = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
         slot_modalities: list[list[Modality]] = []
         per_mod: dict[Modality, list[torch.Tensor]] = {}
-        for b, (_, enc, items, _, _) in enumerate(rows):
+        for b, (_, enc, items, _) in enumerate(rows):
             n = enc.input_ids.numel()
             input_ids[b, :n], attention_mask[b, :n], labels[b, :n] = enc.input_ids, 1, enc.labels
             slot_modalities += [[item.modality for item in slot] for slot in enc.slots]
@@ -278,10 +378,7 @@ class Collator:
             slot_modalities=slot_modalities,
             media=None if cached else stacked,
             features=stacked if cached else None,
-            output_modalities=[[slot[0].modality for slot in enc.outputs] for _, enc, *_ in rows],
-            output_captions=[caps for *_, caps in rows],
-            targets=[t for *_, t, _ in rows] if self.caption_cache is not None else None,
-            output_media=[[slot[0].value for slot in enc.outputs] for _, enc, *_ in rows],
+            outputs=[outputs for *_, outputs in rows],
             num_samples=seen,
             drops=drops,
             skipped_keys=skipped_keys,

@@ -37,12 +37,14 @@ At real scale (several processes, mixed precision, a full epoch):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
 import pickle
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import numpy as np
@@ -51,6 +53,9 @@ import torch
 from nextgpt.config import NextGPTConfig
 from nextgpt.errors import CheckpointError, ConfigError, InputError, UnsafeCheckpointError
 from nextgpt.stages.data.schema import DROP_REASONS
+
+if TYPE_CHECKING:
+    from nextgpt.model import SignalTarget
 
 logger = logging.getLogger(__name__)
 
@@ -157,41 +162,53 @@ class StageModule(L.LightningModule):
             else {m: model.media_features(m, x) for m, x in (batch.media or {}).items()}
         )
         media_tokens, idle = model.project_inputs(batch.slot_modalities, features, every_modality=True)
-        targets = None
-        if self.stage >= 2:
-            targets = batch.targets if batch.targets is not None else self._caption_targets(batch)
         training = self.config.training
-        denoise = None
-        if training.denoising_loss and self.stage >= 2:
-            denoise = [
-                [
-                    None if v is None else model.decoders[m].prepare_target(v).to(self.device)
-                    for m, v in zip(mods, vals)
-                ]
-                for mods, vals in zip(batch.output_modalities, batch.output_media)
-            ]
         return model.compute_losses(
             batch.input_ids,
             batch.attention_mask,
             batch.labels,
             media_tokens,
-            targets,
+            self.signal_targets(batch) if self.stage >= 2 else None,
             alignment_weights={m: training.alignment_weight(m, self.stage) for m in model.output_modalities},
             lm_weight=training.lm_loss_weight,
-            denoise_media=denoise,
             denoise_weight=training.denoising_loss_weight,
             input_idle=idle,
         )
 
+    def signal_targets(self, batch) -> list[list[SignalTarget]]:
+        """The batch's signal targets as :meth:`~nextgpt.NextGPT.compute_losses` takes them: each
+        output's ``cond`` (from the caption cache, else computed online from its caption, see
+        :meth:`_caption_targets`) and, with ``training.denoising_loss``, its ``media`` prepared by
+        the decoder (``Decoder.prepare_target``); without it, no target media."""
+        conds = self._caption_targets(batch)
+        denoise = bool(self.config.training.denoising_loss)
+        decoders = self.model.decoders
+        return [
+            [
+                dataclasses.replace(
+                    t,
+                    cond=cond,
+                    media=(
+                        decoders[t.modality].prepare_target(t.media).to(self.device)
+                        if denoise and t.media is not None
+                        else None
+                    ),
+                )
+                for t, cond in zip(row, row_conds)
+            ]
+            for row, row_conds in zip(batch.outputs, conds)
+        ]
+
     def _caption_targets(self, batch) -> list[list[torch.Tensor | None]]:
-        """Decoder conditioning of each output caption, computed online with the frozen text encoders
-        (one call per modality for the whole batch)."""
+        """Per row and output, the decoder conditioning of its caption: the cached one the batch
+        carries, else computed online with the frozen text encoders (one call per modality for the
+        whole batch); ``None`` for an output without either."""
         jobs: dict = {}
-        for r, (mods, caps) in enumerate(zip(batch.output_modalities, batch.output_captions)):
-            for i, (m, cap) in enumerate(zip(mods, caps)):
-                if cap is not None:
-                    jobs.setdefault(m, []).append((r, i, cap))
-        out: list[list[torch.Tensor | None]] = [[None] * len(mods) for mods in batch.output_modalities]
+        out: list[list[torch.Tensor | None]] = [[t.cond for t in row] for row in batch.outputs]
+        for r, row in enumerate(batch.outputs):
+            for i, t in enumerate(row):
+                if t.cond is None and t.caption is not None:
+                    jobs.setdefault(t.modality, []).append((r, i, t.caption))
         with torch.no_grad():
             for m, items in jobs.items():
                 conds = self.model.decoders[m].encode_captions([cap for _, _, cap in items])  # (N, Q, C)

@@ -11,6 +11,7 @@ import torch
 from nextgpt import NextGPT
 from nextgpt.errors import CheckpointError, InputError
 from nextgpt.modality import Modality
+from nextgpt.model import SignalTarget
 from nextgpt.stages.modules import TRAINABLE, select_trainable
 
 
@@ -76,9 +77,8 @@ def test_alignment_loss_equals_hand_computation(model: NextGPT) -> None:
     t_img = torch.randn(8, 32, generator=g)
     t_aud = torch.randn(1, 32, generator=g)
     with torch.no_grad():
-        losses = model.compute_losses(
-            ids, mask, labels, [], [[t_img, t_aud]], alignment_weights={Modality.AUDIO: 3.0}
-        )
+        targets = [[SignalTarget(Modality.IMAGE, cond=t_img), SignalTarget(Modality.AUDIO, cond=t_aud)]]
+        losses = model.compute_losses(ids, mask, labels, [], targets, alignment_weights={Modality.AUDIO: 3.0})
         # by hand: final-layer states at signal inputs + their input embeddings -> projector
         embeds = model.llm.embed(ids)
         hidden = model.llm(embeds).hidden
