@@ -17,7 +17,7 @@ from nextgpt.config import EncoderConfig, resolve_path
 from nextgpt.dtypes import no_autocast, torch_dtype
 from nextgpt.encoders.audio import preprocess_audio
 from nextgpt.encoders.image import preprocess_image
-from nextgpt.encoders.imagebind import EncoderOutput, ImageBind, ImageBindDims
+from nextgpt.encoders.imagebind import EncoderOutput, ImageBind
 from nextgpt.encoders.loading import build_imagebind
 from nextgpt.encoders.video import preprocess_video
 from nextgpt.errors import InputError
@@ -56,7 +56,7 @@ class ImageBindEncoder(nn.Module):
         if ckpt is None:
             logger.warning("encoder: RANDOM ImageBind weights (model.encoder.checkpoint is null)")
         model = build_imagebind(
-            ImageBindDims.from_config(cfg),
+            cfg,
             checkpoint=ckpt,
             dtype=torch_dtype(cfg.dtype, "model.encoder.dtype"),
             device=device,
@@ -69,7 +69,7 @@ class ImageBindEncoder(nn.Module):
 
     @property
     def out_dim(self) -> int:
-        return self.model.dims.out_embed_dim
+        return self.model.config.out_embed_dim
 
     @property
     def device(self) -> torch.device:

@@ -3,8 +3,9 @@
 ImageBind (Girdhar et al., "ImageBind: One Embedding Space To Bind Them All", CVPR 2023) embeds six
 modalities into one space with one transformer trunk per modality. This module is an independent
 implementation whose parameter names and shapes follow the official ``imagebind_huge.pth`` state dict,
-so that file loads with strict key matching (see :func:`nextgpt.encoders.load_imagebind`). The same
-classes build with small dimensions for tests.
+so that file loads with strict key matching (see :func:`nextgpt.encoders.load_imagebind`). The sizes
+are read from the config node, an :class:`~nextgpt.config.EncoderConfig` (its defaults are ImageBind
+huge; small ones build tiny models for tests); only the input geometry below is fixed here.
 
 Layout of the state dict (``M`` is one of vision, text, audio, depth, thermal, imu)::
 
@@ -29,14 +30,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Trunk names, in the order of the official state dict.
-TRUNKS: tuple[str, ...] = ("vision", "text", "audio", "depth", "thermal", "imu")
+from nextgpt.config import TRUNK_NAMES, EncoderConfig, TrunkConfig
+
+#: Trunk names, in the order of the official state dict (the config's list).
+TRUNKS: tuple[str, ...] = TRUNK_NAMES
 
 #: Fixed input geometry of the official model (the position embeddings are sized for it).
 IMAGE_SIZE = 224
@@ -67,57 +70,11 @@ _BIAS_KV = {"audio", "depth", "thermal", "imu"}
 _PRE_LN = {"vision"}
 
 
-@dataclass(frozen=True)
-class TrunkDims:
-    """Width, depth and head count of one modality trunk."""
-
-    embed_dim: int
-    num_blocks: int
-    num_heads: int
-
-    def __post_init__(self) -> None:
-        if min(self.embed_dim, self.num_blocks, self.num_heads) <= 0:
-            raise ValueError(f"trunk dims must be positive, got {self}")
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-
-
-def _huge_trunks() -> dict[str, TrunkDims]:
-    return {
-        "vision": TrunkDims(1280, 32, 16),
-        "text": TrunkDims(1024, 24, 16),
-        "audio": TrunkDims(768, 12, 12),
-        "depth": TrunkDims(384, 12, 8),
-        "thermal": TrunkDims(768, 12, 12),
-        "imu": TrunkDims(512, 6, 8),
-    }
-
-
-@dataclass(frozen=True)
-class ImageBindDims:
-    """All sizes that define an ImageBind model. The defaults are ImageBind huge."""
-
-    out_embed_dim: int = 1024
-    trunks: Mapping[str, TrunkDims] = field(default_factory=_huge_trunks)
-
-    def __post_init__(self) -> None:
-        missing = [t for t in TRUNKS if t not in self.trunks]
-        extra = [t for t in self.trunks if t not in TRUNKS]
-        if missing or extra:
-            raise ValueError(f"trunks must be exactly {TRUNKS}; missing {missing}, unexpected {extra}")
-
-    @classmethod
-    def huge(cls) -> ImageBindDims:
-        return cls()
-
-    @classmethod
-    def from_config(cls, cfg: object) -> ImageBindDims:
-        """Build from an ``EncoderConfig`` (anything with ``out_embed_dim`` and per-trunk attributes)."""
-        trunks = {}
-        for name in TRUNKS:
-            t = getattr(cfg, name)
-            trunks[name] = TrunkDims(int(t.embed_dim), int(t.num_blocks), int(t.num_heads))
-        return cls(out_embed_dim=int(cfg.out_embed_dim), trunks=trunks)
+#: Former names of the config nodes an :class:`ImageBind` is built from. Its sizes are those of an
+#: :class:`~nextgpt.config.EncoderConfig` (whose defaults are ImageBind huge) and its
+#: :class:`~nextgpt.config.TrunkConfig` nodes, checked there; this module holds no sizes of its own.
+TrunkDims = TrunkConfig
+ImageBindDims = EncoderConfig
 
 
 @dataclass
@@ -296,7 +253,7 @@ class _Block(nn.Module):
 
 
 class _Trunk(nn.Module):
-    def __init__(self, dims: TrunkDims, pre_ln: bool, bias_kv: bool) -> None:
+    def __init__(self, dims: TrunkConfig, pre_ln: bool, bias_kv: bool) -> None:
         super().__init__()
         d = dims.embed_dim
         self.pre_transformer_layer = nn.Sequential(nn.LayerNorm(d, eps=1e-6) if pre_ln else nn.Identity())
@@ -376,15 +333,17 @@ class ImageBind(nn.Module):
     """ImageBind with all six trunks; keys and shapes match ``imagebind_huge.pth`` for huge dims.
 
     Args:
-        dims: model sizes (default: huge). Input geometry is fixed (224 px images, 2-frame clips,
-            128x204 audio spectrograms, 77-token text, 6x2000 IMU).
+        cfg: the encoder config node, read for its sizes (``out_embed_dim`` and the six
+            :class:`~nextgpt.config.TrunkConfig` nodes); default ``EncoderConfig()``, ImageBind huge.
+            Input geometry is fixed (224 px images, 2-frame clips, 128x204 audio spectrograms,
+            77-token text, 6x2000 IMU).
     """
 
-    def __init__(self, dims: ImageBindDims | None = None) -> None:
+    def __init__(self, cfg: EncoderConfig | None = None) -> None:
         super().__init__()
-        self.dims = dims = dims or ImageBindDims()
-        t = dims.trunks
-        D = dims.out_embed_dim
+        self.config = cfg = cfg if cfg is not None else EncoderConfig()
+        t = cfg.trunks
+        D = cfg.out_embed_dim
         grid = IMAGE_SIZE // VISION_PATCH[1]
         audio_grid = ((AUDIO_MEL_BINS - AUDIO_PATCH) // AUDIO_STRIDE + 1) * (
             (AUDIO_FRAMES - AUDIO_PATCH) // AUDIO_STRIDE + 1

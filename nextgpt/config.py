@@ -177,7 +177,7 @@ def resolve_path(value: str | os.PathLike | None, key: str, *, must_exist: bool 
 
 @dataclass
 class TrunkConfig(Node):
-    """One ImageBind transformer trunk."""
+    """One ImageBind transformer trunk (read as is by :class:`nextgpt.encoders.ImageBind`)."""
 
     embed_dim: int
     num_blocks: int
@@ -194,7 +194,11 @@ class TrunkConfig(Node):
 
 @dataclass(kw_only=True)
 class EncoderConfig(Node):
-    """The frozen multimodal encoder. Defaults are ImageBind huge (REFERENCE 2)."""
+    """The frozen multimodal encoder. Defaults are ImageBind huge (REFERENCE 2).
+
+    :class:`nextgpt.encoders.ImageBind` is built from this node (its sizes: ``out_embed_dim`` and
+    the six trunks); these defaults are the code's only copy of the huge sizes.
+    """
 
     kind: EncoderKind = "imagebind"
     #: ``imagebind_huge.pth`` (e.g. ``${env:NEXTGPT_IMAGEBIND_CKPT}``); None = random init.
@@ -232,6 +236,9 @@ class GroupingConfig(Node):
     ``num_group_tokens[i]`` learnable group tokens, then (all stages but the last) a grouping block
     assigns the tokens to ``num_output_groups[i]`` groups that become the next stage's input. The
     last stage has no group tokens; its output is ``num_output_groups[-1]`` tokens per item.
+
+    :class:`nextgpt.projectors.GroupingInputProjector` is built from this node and trusts it: the
+    structure rules below are checked here only.
     """
 
     hidden_dim: int = 512
@@ -439,6 +446,8 @@ class OutputProjectorConfig(Node):
 
     ``in_dim`` (LLM hidden size) and ``out_dim`` (decoder ``cond_dim``) are derived; ``num_queries``
     defaults to the decoder's ``cond_tokens`` and may be smaller (the conditioning is zero-padded).
+    :class:`nextgpt.projectors.TransformerOutputProjector` is built from this node and trusts it:
+    the rules below are checked here only.
     """
 
     kind: OutputProjectorKind = "transformer"

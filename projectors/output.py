@@ -45,70 +45,63 @@ LEGACY_PREFIX: dict[str, str] = {
 
 
 class TransformerOutputProjector(nn.Module):
-    """Signal-token states ``[B, S, in_dim]`` -> decoder conditioning ``[B, out_tokens, out_dim]``.
+    """Signal-token states ``[B, S, in_dim]`` -> decoder conditioning ``[B, Q, out_dim]``.
+
+    Built from its config node, as transformers' LLaVA projector is: the transformer's sizes
+    (legacy: d_model 512, 4 heads, 4 + 4 layers, feed-forward 2048, dropout 0) and the query count
+    are read from ``cfg`` and were checked there, once
+    (:meth:`nextgpt.config.OutputProjectorConfig._validate`); this module does not re-check them.
 
     Args:
+        cfg: the output projector section.
         in_dim: LLM hidden size (Vicuna-7B: 4096).
-        out_tokens: learned queries ``Q`` = conditioning tokens produced (image/video 77, audio 1).
-        out_dim: decoder conditioning width (SD 1.5: 768, Zeroscope: 1024, AudioLDM: 512).
-        hidden_dim, num_heads, num_encoder_layers, num_decoder_layers, ff_dim, dropout: the
-            ``nn.Transformer`` (legacy: 512, 4, 4, 4, 2048, 0.0).
+        out_dim: decoder conditioning width, the decoder's ``cond_dim`` (SD 1.5: 768, Zeroscope: 1024,
+            AudioLDM: 512).
+        num_queries: learned queries ``Q`` = conditioning tokens produced; default ``cfg.num_queries``
+            (which a ``ModelConfig`` defaults to the decoder's ``cond_tokens``: image/video 77, audio 1).
     """
 
     def __init__(
-        self,
-        in_dim: int = 4096,
-        out_tokens: int = 77,
-        out_dim: int = 768,
-        hidden_dim: int = 512,
-        num_heads: int = 4,
-        num_encoder_layers: int = 4,
-        num_decoder_layers: int = 4,
-        ff_dim: int = 2048,
-        dropout: float = 0.0,
+        self, cfg: OutputProjectorConfig, in_dim: int, out_dim: int, num_queries: int | None = None
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("in_dim", in_dim),
-            ("out_tokens", out_tokens),
-            ("out_dim", out_dim),
-            ("hidden_dim", hidden_dim),
-            ("num_heads", num_heads),
-            ("num_encoder_layers", num_encoder_layers),
-            ("num_decoder_layers", num_decoder_layers),
-            ("ff_dim", ff_dim),
-        ):
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-        if hidden_dim % num_heads:
-            raise ValueError(f"hidden_dim ({hidden_dim}) must be divisible by num_heads ({num_heads})")
+        num_queries = num_queries if num_queries is not None else cfg.num_queries
+        if num_queries is None:
+            from nextgpt.errors import ConfigError
+
+            raise ConfigError(
+                "output projector: num_queries is unknown; pass it or set projector.num_queries "
+                "(a ModelConfig defaults it to the decoder's cond_tokens)"
+            )
+        self.config = cfg
         self.in_dim = in_dim
         self.out_dim = out_dim
-        self.fc = nn.Linear(in_dim, hidden_dim)
+        d = cfg.hidden_dim
+        self.fc = nn.Linear(in_dim, d)
         # The encoder is built here only to switch off the nested-tensor fast path, which pre-norm
         # layers cannot use anyway (nn.Transformer would warn); its structure and keys are those
         # nn.Transformer builds itself, and nn.Transformer re-initialises it the same way.
         encoder = nn.TransformerEncoder(
             nn.TransformerEncoderLayer(
-                hidden_dim, num_heads, ff_dim, dropout, batch_first=True, norm_first=True
+                d, cfg.num_heads, cfg.ff_dim, cfg.dropout, batch_first=True, norm_first=True
             ),
-            num_encoder_layers,
-            norm=nn.LayerNorm(hidden_dim),
+            cfg.num_encoder_layers,
+            norm=nn.LayerNorm(d),
             enable_nested_tensor=False,
         )
         self.tfm = nn.Transformer(
-            d_model=hidden_dim,
-            nhead=num_heads,
-            num_encoder_layers=num_encoder_layers,
-            num_decoder_layers=num_decoder_layers,
-            dim_feedforward=ff_dim,
-            dropout=dropout,
+            d_model=d,
+            nhead=cfg.num_heads,
+            num_encoder_layers=cfg.num_encoder_layers,
+            num_decoder_layers=cfg.num_decoder_layers,
+            dim_feedforward=cfg.ff_dim,
+            dropout=cfg.dropout,
             batch_first=True,
             norm_first=True,
             custom_encoder=encoder,
         )
-        self.model = nn.Linear(hidden_dim, out_dim)
-        self.query_embs = nn.Parameter(torch.randn(1, out_tokens, hidden_dim))  # legacy init: N(0, 1)
+        self.model = nn.Linear(d, out_dim)
+        self.query_embs = nn.Parameter(torch.randn(1, num_queries, d))  # legacy init: N(0, 1)
 
     @classmethod
     def from_config(
@@ -118,8 +111,8 @@ class TransformerOutputProjector(nn.Module):
         out_tokens: int | None = None,
         out_dim: int | None = None,
     ) -> TransformerOutputProjector:
-        """Build from an ``OutputProjectorConfig``; ``in_dim``/``out_tokens``/``out_dim`` default to
-        its derived ``in_dim``, ``num_queries`` and ``out_dim``."""
+        """The registry's builder: ``in_dim``/``out_tokens``/``out_dim`` default to ``cfg``'s derived
+        ``in_dim``, ``num_queries`` and ``out_dim``."""
         from nextgpt.errors import ConfigError
 
         in_dim = in_dim if in_dim is not None else cfg.in_dim
@@ -130,17 +123,7 @@ class TransformerOutputProjector(nn.Module):
                 "output projector: in_dim/num_queries/out_dim are unknown; pass them explicitly or use a "
                 "config whose derived values are set (built inside a ModelConfig)"
             )
-        return cls(
-            in_dim=int(in_dim),
-            out_tokens=int(out_tokens),
-            out_dim=int(out_dim),
-            hidden_dim=cfg.hidden_dim,
-            num_heads=cfg.num_heads,
-            num_encoder_layers=cfg.num_encoder_layers,
-            num_decoder_layers=cfg.num_decoder_layers,
-            ff_dim=cfg.ff_dim,
-            dropout=cfg.dropout,
-        )
+        return cls(cfg, int(in_dim), int(out_dim), int(out_tokens))
 
     @property
     def num_queries(self) -> int:

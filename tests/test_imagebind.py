@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from nextgpt.encoders.imagebind import TRUNKS, ImageBind, ImageBindDims, TrunkDims
+from nextgpt.config import EncoderConfig, TrunkConfig
+from nextgpt.encoders.imagebind import TRUNKS, ImageBind
 from nextgpt.encoders.loading import build_imagebind, load_imagebind
 from nextgpt.errors import CheckpointError
 
@@ -19,7 +20,7 @@ import sys  # noqa: E402
 sys.path.insert(0, str(REF))
 from imagebind_det import TINY_OUT, TINY_TRUNKS, det_inputs, det_state  # noqa: E402
 
-TINY = ImageBindDims(out_embed_dim=TINY_OUT, trunks={k: TrunkDims(*v) for k, v in TINY_TRUNKS.items()})
+TINY = EncoderConfig(out_embed_dim=TINY_OUT, **{k: TrunkConfig(*v) for k, v in TINY_TRUNKS.items()})
 
 
 def _tiny_state(model: ImageBind) -> dict[str, torch.Tensor]:
@@ -39,7 +40,7 @@ def tiny_model() -> ImageBind:
 def test_huge_state_dict_matches_official_keys_and_shapes() -> None:
     official = json.loads((REF / "imagebind_huge_keys.json").read_text())
     with torch.device("meta"):
-        model = ImageBind(ImageBindDims.huge())
+        model = ImageBind(EncoderConfig())  # the config defaults: ImageBind huge
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert sorted(set(official) - set(ours)) == []
     assert sorted(set(ours) - set(official)) == []

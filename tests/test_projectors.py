@@ -29,16 +29,14 @@ from nextgpt.projectors import (
 # Output projector (legacy TextFcLayer, transformer mode)
 # ----------------------------------------------------------------------------------------------
 
-SMALL_OUT = dict(
-    in_dim=24,
-    out_tokens=5,
-    out_dim=6,
-    hidden_dim=16,
-    num_heads=4,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
-    ff_dim=32,
+SMALL_OUT_CFG = OutputProjectorConfig(
+    hidden_dim=16, num_heads=4, num_encoder_layers=2, num_decoder_layers=2, ff_dim=32, num_queries=5
 )
+
+
+def _small_output() -> TransformerOutputProjector:
+    """in 24 -> 5 queries x 6."""
+    return TransformerOutputProjector(SMALL_OUT_CFG, in_dim=24, out_dim=6)
 
 
 def _randomise(module: nn.Module, seed: int = 0) -> None:
@@ -103,7 +101,7 @@ def _manual_projector(proj: TransformerOutputProjector, x: torch.Tensor) -> torc
 
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])  # no_grad may take torch's fast path
 def test_output_projector_matches_manual_pre_norm_computation(grad: bool) -> None:
-    proj = TransformerOutputProjector(**SMALL_OUT).eval()
+    proj = _small_output().eval()
     _randomise(proj)
     x = torch.randn(3, 4, 24)
     with torch.set_grad_enabled(grad):
@@ -114,7 +112,7 @@ def test_output_projector_matches_manual_pre_norm_computation(grad: bool) -> Non
 
 
 def test_output_projector_encoder_layer_is_pre_norm_relu() -> None:
-    proj = TransformerOutputProjector(**SMALL_OUT)
+    proj = _small_output()
     _randomise(proj, seed=1)
     layer = proj.tfm.encoder.layers[0]
     x = torch.randn(2, 7, 16)
@@ -129,7 +127,7 @@ def test_output_projector_encoder_layer_is_pre_norm_relu() -> None:
 
 @pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")  # the plain nn.Transformer warns
 def test_output_projector_equals_plain_transformer_with_same_weights() -> None:
-    proj = TransformerOutputProjector(**SMALL_OUT)
+    proj = _small_output()
     _randomise(proj, seed=2)
     fc, model = nn.Linear(24, 16), nn.Linear(16, 6)
     tfm = nn.Transformer(
@@ -182,7 +180,7 @@ EXPECTED_PARAMS = {
 @pytest.mark.parametrize("modality", ["image", "video", "audio"])
 def test_output_projector_legacy_keys_shapes_and_size(modality: str) -> None:
     q, out_dim, n_params = EXPECTED_PARAMS[modality]
-    proj = TransformerOutputProjector(in_dim=4096, out_tokens=q, out_dim=out_dim)
+    proj = TransformerOutputProjector(OutputProjectorConfig(num_queries=q), in_dim=4096, out_dim=out_dim)
     state = proj.state_dict()
     assert set(state) == _reference_keys()
     assert state["fc.weight"].shape == (512, 4096)
@@ -208,12 +206,12 @@ def test_output_projector_legacy_keys_shapes_and_size(modality: str) -> None:
 
 
 def test_output_projector_bad_inputs() -> None:
-    proj = TransformerOutputProjector(**SMALL_OUT)
+    proj = _small_output()
     for bad in (torch.randn(4, 24), torch.randn(2, 3, 25), torch.randn(2, 0, 24)):
         with pytest.raises(ValueError, match=r"\[B, S>0, 24\]"):
             proj(bad)
-    with pytest.raises(ValueError, match="divisible"):
-        TransformerOutputProjector(hidden_dim=30, num_heads=4)
+    with pytest.raises(ConfigError, match="divisible"):  # the rule lives in the config
+        OutputProjectorConfig(hidden_dim=30, num_heads=4)
     with pytest.raises(ValueError, match=r"\[B, 1, D\]"):
         squeeze_single(torch.randn(2, 3, 4))
 
@@ -279,19 +277,18 @@ def test_linear_projector_sums_items_after_projection() -> None:
 # ----------------------------------------------------------------------------------------------
 
 SMALL_GROUP = dict(
-    in_dim=32,
-    out_dim=48,
     hidden_dim=32,
-    depths=(1, 1, 1),
+    depths=[1, 1, 1],
     num_heads=4,
-    num_group_tokens=(8, 4, 0),
-    num_output_groups=(8, 4),
+    num_group_tokens=[8, 4, 0],
+    num_output_groups=[8, 4],
 )
 
 
 def _small_grouping(seed: int = 0, **overrides: object) -> GroupingInputProjector:
+    """in 32 -> 4 tokens x 48; ``overrides`` are GroupingConfig fields."""
     torch.manual_seed(seed)
-    return GroupingInputProjector(**{**SMALL_GROUP, **overrides})
+    return GroupingInputProjector(GroupingConfig(**{**SMALL_GROUP, **overrides}), in_dim=32, out_dim=48)
 
 
 @pytest.mark.parametrize("length", [256, 228], ids=["image", "audio"])
@@ -308,7 +305,7 @@ def test_grouping_output_shape(length: int) -> None:
 def test_grouping_paper_stage_layout_gives_8_tokens() -> None:
     # Paper stage lists (depths 6/3/3, group tokens 64/8/0, output groups 64/8) at a narrow width.
     torch.manual_seed(0)
-    proj = GroupingInputProjector(in_dim=1024, out_dim=64, hidden_dim=32, num_heads=8).eval()
+    proj = GroupingInputProjector(GroupingConfig(hidden_dim=32, num_heads=8), in_dim=1024, out_dim=64).eval()
     assert proj.num_tokens == 8
     with torch.no_grad():
         assert proj(torch.randn(2, 256, 1024)).shape == (2, 8, 64)
@@ -342,7 +339,7 @@ def test_grouping_hard_assignment_is_one_hot(train: bool) -> None:
     for a in seen:
         assert set(a.unique().tolist()) <= {0.0, 1.0}
         torch.testing.assert_close(a.sum(dim=1), torch.ones(a.shape[0], a.shape[2]))  # one group per token
-    soft = _small_grouping(hard=False).train(train)
+    soft = _small_grouping(hard_assignment=False).train(train)
     seen = _capture_assignments(soft)
     soft(torch.randn(2, 20, 32))
     for a in seen:
@@ -442,16 +439,15 @@ def test_grouping_bad_inputs_and_structure() -> None:
     for bad in (torch.randn(2, 32), torch.randn(2, 10, 31), torch.randn(2, 0, 32), torch.randn(1, 2, 10, 32)):
         with pytest.raises(ValueError, match=r"\[N_items, L>0, 32\]"):
             proj(bad)
-    with pytest.raises(ValueError, match="num_group_tokens"):
-        GroupingInputProjector(**{**SMALL_GROUP, "num_group_tokens": (8, 4, 2)})
-    with pytest.raises(ValueError, match="num_output_groups"):
-        GroupingInputProjector(**{**SMALL_GROUP, "num_output_groups": (8,)})
-    with pytest.raises(ValueError, match="divisible"):
-        GroupingInputProjector(**{**SMALL_GROUP, "num_heads": 5})
-    with pytest.raises(ValueError, match="depths"):
-        GroupingInputProjector(
-            **{**SMALL_GROUP, "depths": (1,), "num_group_tokens": (0,), "num_output_groups": ()}
-        )
+    # The structure rules live in the config (GroupingConfig._validate), checked once when it is built.
+    with pytest.raises(ConfigError, match="num_group_tokens"):
+        GroupingConfig(**{**SMALL_GROUP, "num_group_tokens": [8, 4, 2]})
+    with pytest.raises(ConfigError, match="num_output_groups"):
+        GroupingConfig(**{**SMALL_GROUP, "num_output_groups": [8]})
+    with pytest.raises(ConfigError, match="divisible"):
+        GroupingConfig(**{**SMALL_GROUP, "num_heads": 5})
+    with pytest.raises(ConfigError, match="depths"):
+        GroupingConfig(**{**SMALL_GROUP, "depths": [1], "num_group_tokens": [0], "num_output_groups": []})
 
 
 def test_grouping_from_config() -> None:
@@ -476,7 +472,7 @@ def test_grouping_from_config() -> None:
     assert block.assign.hard is False and block.assign.gumbel is False
     assert math.isclose(block.assign.tau.item(), 0.5, rel_tol=1e-6)
     assert proj(torch.randn(2, 9, 10)).shape == (2, 3, 20)
-    assert GroupingInputProjector.from_config(gcfg, 10, 20).num_tokens == 3
+    assert GroupingInputProjector(gcfg, 10, 20).num_tokens == 3
     with pytest.raises(ConfigError, match="in_dim"):
         GroupingInputProjector.from_config(cfg)  # derived dims unset outside a ModelConfig
 
