@@ -23,3 +23,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+# ------------------------------------------------------------------ shared fixtures
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A fresh ``tiny`` NextGPT for each test module (modules train, merge and reload it)."""
+    from nextgpt import NextGPT
+
+    return NextGPT.from_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_config():
+    """A fresh ``tiny`` config for each test module."""
+    from nextgpt import NextGPTConfig
+
+    return NextGPTConfig.from_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    """The demo dataset (``build_demo_dataset(seed=0)``), built once per test module; modules that
+    need another size define their own ``demo_data``."""
+    from nextgpt.stages.data import build_demo_dataset
+
+    out = tmp_path_factory.mktemp("demo")
+    build_demo_dataset(out, seed=0)
+    return out

@@ -214,8 +214,8 @@ class ScriptedModel:
 
 
 @pytest.fixture(scope="module")
-def tiny_chat_model():
-    return NextGPT.from_preset("tiny")
+def tiny_chat_model(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from nextgpt.errors import CheckpointError, ConfigError, InputError
 
 
 @pytest.fixture(scope="module")
-def tiny_cfg():
-    return NextGPTConfig.from_preset("tiny").model.encoder
+def tiny_cfg(tiny_config):
+    return tiny_config.model.encoder
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def model() -> NextGPT:
-    return NextGPT.from_preset("tiny")
+def model(tiny_model: NextGPT) -> NextGPT:
+    return tiny_model
 
 
 def _text(model: NextGPT, **kw) -> GenerationOutput:

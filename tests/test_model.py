@@ -14,8 +14,8 @@ from nextgpt.processor import Processor, parse_inputs
 
 
 @pytest.fixture(scope="module")
-def model() -> NextGPT:
-    return NextGPT.from_preset("tiny")
+def model(tiny_model: NextGPT) -> NextGPT:
+    return tiny_model
 
 
 @pytest.fixture()

@@ -49,15 +49,6 @@ def tiny_shaped(preset: str) -> NextGPTConfig:
     return NextGPTConfig.from_dict(out)
 
 
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    from nextgpt.stages.data import build_demo_dataset
-
-    out = tmp_path_factory.mktemp("demo")
-    build_demo_dataset(out, seed=0)
-    return out
-
-
 class _Loss(L.Callback):
     def __init__(self) -> None:
         self.losses: list[float] = []
@@ -201,8 +192,8 @@ def test_unknown_epoch_length_is_an_error_not_a_guess(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny() -> NextGPT:
-    return NextGPT.from_preset("tiny")
+def tiny(tiny_model: NextGPT) -> NextGPT:
+    return tiny_model
 
 
 def _conversation(user_parts, assistant_parts):

@@ -16,8 +16,8 @@ from nextgpt.stages.modules import TRAINABLE, select_trainable
 
 
 @pytest.fixture(scope="module")
-def model() -> NextGPT:
-    return NextGPT.from_preset("tiny")
+def model(tiny_model: NextGPT) -> NextGPT:
+    return tiny_model
 
 
 # ------------------------------------------------------------------ trainable sets
@@ -105,15 +105,6 @@ def test_run_and_target_count_mismatch_is_an_error(model: NextGPT) -> None:
 
 
 # ------------------------------------------------------------------ training runs on the demo data
-
-
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    from nextgpt.stages.data import build_demo_dataset
-
-    out = tmp_path_factory.mktemp("demo")
-    build_demo_dataset(out, seed=0)
-    return out
 
 
 def _losses(run_dir: Path, key: str = "train/loss") -> list[float]:
