@@ -8,14 +8,15 @@ import os
 import torch
 
 from nextgpt.checkpoint import load_strict, read_state_dict
-from nextgpt.encoders.imagebind import ImageBind, ImageBindDims
+from nextgpt.config import EncoderConfig
+from nextgpt.encoders.imagebind import ImageBind
 
 logger = logging.getLogger(__name__)
 
 
 def load_imagebind(
     path: str | os.PathLike,
-    dims: ImageBindDims | None = None,
+    dims: EncoderConfig | None = None,
     *,
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
@@ -28,7 +29,7 @@ def load_imagebind(
 
     Args:
         path: ``.pth``/``.pt`` (read with ``torch.load(weights_only=True)``) or ``.safetensors``.
-        dims: model sizes; default ImageBind huge.
+        dims: the encoder's config node (its trunk sizes); default ImageBind huge (``EncoderConfig()``).
         dtype: cast floating-point weights to this dtype (e.g. ``torch.float16`` for inference).
         device: where to put the model.
         freeze: put the model in eval mode with ``requires_grad=False`` (the NExT-GPT setting).
@@ -52,7 +53,7 @@ def load_imagebind(
 
 
 def build_imagebind(
-    dims: ImageBindDims | None = None,
+    dims: EncoderConfig | None = None,
     *,
     checkpoint: str | os.PathLike | None = None,
     dtype: torch.dtype | None = None,
