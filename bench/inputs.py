@@ -68,9 +68,11 @@ def synthetic_batch(
     assistant reply (labelled) and ends with the output's signal-token run. ``cached``: encoder
     features (computed once by the encoder, or taken from ``features``) instead of preprocessed media.
     ``with_targets``: one random alignment target per signal run, shaped like the output projector's
-    output. Everything is on the CPU (move it with :func:`batch_to`).
+    output (the :class:`~nextgpt.model.SignalTarget`'s ``cond``; no caption, no target media).
+    Everything is on the CPU (move it with :func:`batch_to`).
     """
     from nextgpt.modality import Modality
+    from nextgpt.model import SignalTarget
     from nextgpt.processor import IGNORE_INDEX
     from nextgpt.stages.batch import Batch
 
@@ -85,8 +87,7 @@ def synthetic_batch(
     labels[:, L // 2 :] = ids[:, L // 2 :]
     slot_modalities: list[list[Modality]] = []
     counts: dict[str, int] = {}
-    targets: list[list[torch.Tensor | None]] = []
-    out_mods: list[list[Modality]] = []
+    outputs: list[list[SignalTarget]] = []
     for b, row in enumerate(rows):
         if row.input is not None:
             if 1 + T > L // 2:
@@ -94,8 +95,7 @@ def synthetic_batch(
             ids[b, 1 : 1 + T] = layout.placeholder_ids[Modality(row.input)]
             slot_modalities.append([Modality(row.input)])
             counts[row.input] = counts.get(row.input, 0) + 1
-        row_targets: list[torch.Tensor | None] = []
-        row_out: list[Modality] = []
+        row_out: list[SignalTarget] = []
         if row.output is not None:
             m = Modality(row.output)
             run = torch.tensor(layout.signal_ids[m])
@@ -104,12 +104,12 @@ def synthetic_batch(
                 raise ValueError(f"seq_len {L} too short for a {row.output} signal run")
             ids[b, start : start + len(run)] = run
             labels[b, start : start + len(run)] = run
-            row_out.append(m)
+            cond = None
             if with_targets:
                 pcfg = model.config.model.outputs[m].projector
-                row_targets.append(torch.randn(pcfg.num_queries, pcfg.out_dim, generator=g))
-        targets.append(row_targets)
-        out_mods.append(row_out)
+                cond = torch.randn(pcfg.num_queries, pcfg.out_dim, generator=g)
+            row_out.append(SignalTarget(m, cond=cond))
+        outputs.append(row_out)
     media = feats = None
     if cached:
         feats = {}
@@ -128,9 +128,7 @@ def synthetic_batch(
         slot_modalities=slot_modalities,
         media=media,
         features=feats,
-        output_modalities=out_mods,
-        output_captions=[[None] * len(r) for r in out_mods],
-        targets=targets if with_targets else None,
+        outputs=outputs,
     )
 
 

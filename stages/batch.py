@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -31,43 +30,6 @@ from nextgpt.processor import IGNORE_INDEX, Encoded, Processor
 from nextgpt.stages.data.schema import DroppedSample
 
 logger = logging.getLogger(__name__)
-
-
-def signal_targets(
-    modalities: Sequence[Sequence[Modality]],
-    captions: Sequence[Sequence[str | None]] | None = None,
-    conds: Sequence[Sequence[torch.Tensor | None]] | None = None,
-    media: Sequence[Sequence[object | None]] | None = None,
-) -> list[list[SignalTarget]]:
-    """Per row, one :class:`~nextgpt.model.SignalTarget` per output from parallel ragged lists (per
-    row, per output: modality, caption, cached conditioning, target media; ``None`` lists: none).
-
-    Raises:
-        InputError: a list whose rows, or a row whose outputs, do not match ``modalities``.
-    """
-    columns = {"captions": captions, "alignment targets": conds, "output media": media}
-    for name, rows in columns.items():
-        if rows is None:
-            continue
-        if len(rows) != len(modalities):
-            raise InputError(f"{len(modalities)} rows of output modalities but {len(rows)} rows of {name}")
-        for b, (mods, row) in enumerate(zip(modalities, rows)):
-            if len(row) != len(mods):
-                raise InputError(f"row {b}: {len(mods)} outputs but {len(row)} {name}")
-    out = []
-    for b, mods in enumerate(modalities):
-        out.append(
-            [
-                SignalTarget(
-                    m,
-                    caption=None if captions is None else captions[b][i],
-                    cond=None if conds is None else conds[b][i],
-                    media=None if media is None else media[b][i],
-                )
-                for i, m in enumerate(mods)
-            ]
-        )
-    return out
 
 
 @dataclass(init=False)
@@ -91,10 +53,8 @@ class Batch:
         skipped_keys: keys of the dropped samples.
         is_empty: every sample was dropped; the one row is unlabelled filler (:meth:`empty`).
 
-    ``output_modalities`` and ``output_captions`` are read-only views of ``outputs``. The parallel
-    lists ``output_modalities=``, ``output_captions=``, ``targets=`` and ``output_media=`` are still
-    accepted by the constructor instead of ``outputs=`` (they are checked and turned into records,
-    :func:`signal_targets`).
+    ``output_modalities`` and ``output_captions`` are read-only views of ``outputs``; ``outputs``
+    defaults to no output in every row.
     """
 
     keys: list[str]
@@ -124,22 +84,9 @@ class Batch:
         drops: dict[str, int] | None = None,
         skipped_keys: list[str] | None = None,
         is_empty: bool = False,
-        *,
-        output_modalities: list[list[Modality]] | None = None,
-        output_captions: list[list[str | None]] | None = None,
-        targets: list[list[torch.Tensor | None]] | None = None,
-        output_media: list[list[object | None]] | None = None,
     ) -> None:
-        legacy = (output_captions, targets, output_media)
         if outputs is None:
-            if output_modalities is None:
-                if any(x is not None for x in legacy):
-                    raise InputError("Batch: output captions, targets or media without output_modalities")
-                outputs = [[] for _ in range(input_ids.shape[0])]
-            else:
-                outputs = signal_targets(output_modalities, output_captions, targets, output_media or None)
-        elif output_modalities is not None or any(x is not None for x in legacy):
-            raise InputError("Batch: pass outputs= or the parallel output lists, not both")
+            outputs = [[] for _ in range(input_ids.shape[0])]
         self.keys = keys
         self.input_ids = input_ids
         self.attention_mask = attention_mask

@@ -18,7 +18,7 @@ from nextgpt.modality import Modality
 from nextgpt.model import SignalTarget
 from nextgpt.outputs import PROGRESS_STAGES, ProgressEvent
 from nextgpt.processor import MediaItem, Turn
-from nextgpt.stages.batch import Batch, Collator, signal_targets
+from nextgpt.stages.batch import Batch, Collator
 
 IMAGE, AUDIO, VIDEO = Modality.IMAGE, Modality.AUDIO, Modality.VIDEO
 
@@ -76,19 +76,6 @@ def test_signal_target_moves_its_cond_and_shares_its_media() -> None:
     assert bare.to("meta") is bare
 
 
-def test_signal_targets_from_parallel_lists_are_checked() -> None:
-    c = torch.zeros(8, 32)
-    rows = signal_targets([[IMAGE, AUDIO], []], [["a", None], []], [[c, None], []], [["m", None], []])
-    assert rows == [[SignalTarget(IMAGE, "a", c, "m"), SignalTarget(AUDIO)], []]
-    assert signal_targets([[VIDEO]]) == [[SignalTarget(VIDEO)]]
-    with pytest.raises(InputError, match="row 0: 1 outputs but 0 captions"):
-        signal_targets([[IMAGE]], [[]])
-    with pytest.raises(InputError, match="row 1: 0 outputs but 1 alignment targets"):
-        signal_targets([[IMAGE], []], None, [[c], [c]])
-    with pytest.raises(InputError, match="2 rows of output modalities but 1 rows of output media"):
-        signal_targets([[IMAGE], []], media=[[None]])
-
-
 # ------------------------------------------------------------------ the batch
 
 
@@ -105,26 +92,26 @@ def _ids(rows: int = 1) -> dict:
     )
 
 
-def test_batch_holds_one_record_per_output_and_accepts_the_parallel_lists() -> None:
+def test_batch_holds_one_record_per_output_and_only_takes_records() -> None:
     c = torch.zeros(8, 32)
     records = [[SignalTarget(IMAGE, "a", c)], [SignalTarget(AUDIO, "b")]]
     batch = Batch(**_ids(2), outputs=records)
     assert batch.outputs == records
     assert batch.output_modalities == [[IMAGE], [AUDIO]] and batch.output_captions == [["a"], ["b"]]
-    legacy = Batch(
-        **_ids(2),
-        output_modalities=[[IMAGE], [AUDIO]],
-        output_captions=[["a"], ["b"]],
-        targets=[[c], [None]],
-    )
-    assert legacy.outputs == records
+    with pytest.raises(AttributeError):
+        batch.output_modalities = [[VIDEO], [VIDEO]]  # type: ignore[misc]  # a view, read-only
+    with pytest.raises(AttributeError):
+        batch.output_captions = [["x"], ["y"]]  # type: ignore[misc]
     assert Batch(**_ids(2)).outputs == [[], []]
-    with pytest.raises(InputError, match="row 0: 1 outputs but 2 captions"):
-        Batch(**_ids(1), output_modalities=[[IMAGE]], output_captions=[["a", "b"]])
-    with pytest.raises(InputError, match="not both"):
-        Batch(**_ids(1), outputs=[[]], output_modalities=[[]])
-    with pytest.raises(InputError, match="without output_modalities"):
-        Batch(**_ids(1), output_captions=[[]])
+    # the parallel lists are gone: one record per output is the only way in
+    for legacy in (
+        {"output_modalities": [[IMAGE], [AUDIO]]},
+        {"output_captions": [["a"], ["b"]]},
+        {"targets": [[c], [None]]},
+        {"output_media": [[None], [None]]},
+    ):
+        with pytest.raises(TypeError, match="unexpected keyword argument"):
+            Batch(**_ids(2), **legacy)
     empty = Batch.empty(0)
     assert empty.is_empty and empty.outputs == [[]] and empty.output_modalities == [[]]
 

@@ -28,6 +28,8 @@ from media_fixtures import (
 from PIL import Image
 
 from nextgpt import Audio, GenerationOutput, InputError, Modality, Video
+from nextgpt.outputs import ProgressEvent
+from nextgpt.validate import check_progress
 from nextgpt.web import (
     ChatBackend,
     ChatSession,
@@ -161,19 +163,30 @@ def test_sniff_media_signatures(media):
 
 
 class FakeModel:
-    """Records ``generate`` calls; answers with text and one image; logs diffusion steps like
-    ``NextGPT.generate(progress=True)``."""
+    """Records ``generate`` calls; answers with text and one image, decoded in 2 diffusion steps.
+
+    ``progress`` follows ``NextGPT.generate``: a callable gets the :class:`ProgressEvent` sequence of
+    the real model ("text", then "decode" and each "step" of the image); ``True`` logs the steps on
+    the ``nextgpt.model`` logger as the real model does (the backend must not rely on that)."""
 
     context_length = 512  # what the page bounds its max-new-tokens slider by
+    steps = 2
 
     def __init__(self) -> None:
         self.calls: list[dict] = []
 
     def generate(self, inputs, modalities=None, **kwargs) -> GenerationOutput:
         self.calls.append({"inputs": inputs, "modalities": modalities, **kwargs})
-        if kwargs.get("progress"):
-            for step in (1, 2):
-                logging.getLogger("nextgpt.model").info("%s diffusion step %d/%d", "image", step, 2)
+        progress = check_progress(kwargs.get("progress", False))
+        events = [ProgressEvent("text"), ProgressEvent("decode", Modality.IMAGE, 0, 0, self.steps)]
+        events += [ProgressEvent("step", Modality.IMAGE, 0, k, self.steps) for k in range(1, self.steps + 1)]
+        for event in events:
+            if progress is True and event.stage == "step":
+                logging.getLogger("nextgpt.model").info(
+                    "%s diffusion step %d/%d", "image", event.step, event.total
+                )
+            elif callable(progress):
+                progress(event)
         n = len(self.calls)
         return GenerationOutput(text=f"answer {n}", images=[Image.new("RGB", (8, 8), (n, 0, 0))])
 
@@ -255,12 +268,20 @@ def test_backend_round_trip_history_outputs_and_settings(tmp_path, media):
         2.5,
         9,
     )
-    # progress: text first, then the diffusion steps the model logged, then saving
+    # progress: text first, then the diffusion steps the model reported to its callback, then saving
+    assert callable(call["progress"])  # a callback, not the log (progress=True)
     descs = [d for _, d in reports]
     assert descs[0] == "generating text..."
     assert "decoding image: step 1/2" in descs and "decoding image: step 2/2" in descs
     assert reports[descs.index("decoding image: step 2/2")][0] == pytest.approx(1.0)
     assert descs[-1] == "saving outputs..."
+    assert reports == [
+        (None, "generating text..."),
+        (0.0, "decoding image: step 0/2"),
+        (0.5, "decoding image: step 1/2"),
+        (1.0, "decoding image: step 2/2"),
+        (None, "saving outputs..."),
+    ]
     # the model logger is left as it was (nothing enabled, no filter left behind)
     model_logger = logging.getLogger("nextgpt.model")
     assert model_logger.filters == [] and model_logger.level == logging.NOTSET
@@ -404,11 +425,80 @@ def test_backend_reports_the_real_models_diffusion_steps(tiny_model, tmp_path, m
     )
     assert reports == [
         "generating text...",
+        "decoding image: step 0/2",
         "decoding image: step 1/2",
         "decoding image: step 2/2",
         "saving outputs...",
     ]
     assert Path(display[-1]["content"]["path"]).name == "reply_image0.png"
+
+
+class EventRecordingModel(CountingModel):
+    """The real model; records the ``progress`` argument and every event ``generate`` reports."""
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self.progress_args: list = []
+        self.events: list[ProgressEvent] = []
+
+    def generate(self, *args, progress=False, **kwargs):
+        self.progress_args.append(progress)
+
+        def record(event: ProgressEvent) -> None:
+            self.events.append(event)
+            progress(event)
+
+        return super().generate(*args, progress=record if callable(progress) else progress, **kwargs)
+
+
+def test_backend_gets_the_real_models_decode_steps_through_the_callback(tiny_model, tmp_path, caplog):
+    """The page's progress comes from ``generate``'s callback, event by event, not from log records."""
+    model = EventRecordingModel(tiny_model)
+    backend = ChatBackend(model, output_dir=tmp_path)
+    session = backend.new_session()
+    reports: list[tuple[float | None, str]] = []
+    settings = GenerationSettings(modalities=["image"], seed=0, num_inference_steps=3, max_new_tokens=4)
+    model_logger = logging.getLogger("nextgpt.model")
+    with caplog.at_level(logging.DEBUG, logger="nextgpt.model"):
+        backend.respond(session, "draw", [], settings, progress=lambda f, d: reports.append((f, d)))
+    (arg,) = model.progress_args
+    assert callable(arg) and arg is not True
+    assert [(e.stage, e.modality, e.index, e.step, e.total) for e in model.events] == [
+        ("text", None, None, 0, 0),
+        ("decode", Modality.IMAGE, 0, 0, 3),
+        ("step", Modality.IMAGE, 0, 1, 3),
+        ("step", Modality.IMAGE, 0, 2, 3),
+        ("step", Modality.IMAGE, 0, 3, 3),
+    ]
+    # one report per event, as the event describes itself, then the backend's own "saving"
+    assert reports == [(e.fraction, e.describe()) for e in model.events] + [(None, "saving outputs...")]
+    assert [d for _, d in reports][1:5] == [f"decoding image: step {k}/3" for k in range(4)]
+    assert [f for f, _ in reports][1:5] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
+    # no side channel: nothing logged per step, the model logger untouched
+    assert not [r for r in caplog.records if "diffusion step" in r.getMessage()]
+    assert model_logger.filters == []
+
+
+def test_a_failing_progress_reporter_does_not_end_the_round(tmp_path):
+    model = FakeModel()
+    backend = ChatBackend(model, output_dir=tmp_path / "out")
+    session = backend.new_session()
+    seen: list[str] = []
+
+    def flaky(fraction, desc):
+        seen.append(desc)
+        if desc.startswith("decoding"):
+            raise RuntimeError("the page went away")
+
+    display = backend.respond(session, "hi", [], GenerationSettings(), progress=flaky)
+    assert seen == [
+        "generating text...",
+        "decoding image: step 0/2",
+        "decoding image: step 1/2",
+        "decoding image: step 2/2",
+        "saving outputs...",
+    ]
+    assert display[1] == {"role": "assistant", "content": "answer 1"}
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,8 @@ How it behaves:
 * **One model, one generation at a time.** A lock around the model serialises ``generate`` calls; the
   requests themselves run in Gradio's queue (``default_concurrency_limit`` workers), so page loads,
   upload checks and other sessions are never blocked by a long generation: a waiting session shows
-  "waiting for the model", then progress ("generating text...", "decoding image: step k/n").
+  "waiting for the model", then the progress ``generate`` reports through its ``progress`` callback
+  ("generating text...", "decoding image: step k/n").
 
 Gradio is an optional dependency (``pip install 'nextgpt[demo]'``): it is imported only inside
 :func:`build_app` / :func:`serve`; the upload checks and session logic do not need it, and importing
@@ -57,7 +58,8 @@ The package, by topic (every public name is re-exported here: ``from nextgpt.web
   :class:`CheckedUpload` and the upload limits' defaults;
 * :mod:`nextgpt.web.session`: :class:`ChatSession`, :class:`ChatBackend`, :class:`GenerationSettings`
   and the history / TTL / disk bounds;
-* :mod:`nextgpt.web.progress`: diffusion steps as progress reports;
+* :mod:`nextgpt.web.progress`: :data:`ProgressFn` and :func:`forward_progress`, the ``generate``
+  progress callback (:class:`~nextgpt.outputs.ProgressEvent`) that feeds the page's progress bar;
 * :mod:`nextgpt.web.app`: :func:`build_app`, :func:`serve`, :class:`ServerCleanup`,
   :func:`install_cleanup_handlers`.
 
@@ -73,7 +75,7 @@ from nextgpt.web.app import (
     install_cleanup_handlers,
     serve,
 )
-from nextgpt.web.progress import ProgressFn
+from nextgpt.web.progress import ProgressFn, forward_progress
 from nextgpt.web.session import (
     DEFAULT_HISTORY_TURNS,
     DEFAULT_MAX_TOTAL_BYTES,
@@ -125,6 +127,7 @@ __all__ = [
     "UploadLimits",
     "build_app",
     "check_upload",
+    "forward_progress",
     "install_cleanup_handlers",
     "serve",
     "sniff_media",

@@ -1,56 +1,42 @@
-"""Generation progress for the web demo: diffusion steps reported while one ``generate`` call runs.
+"""Generation progress for the web demo: what one ``generate`` call reports, as the page shows it.
 
-``generate(progress=True)`` logs one ``nextgpt.model`` record per diffusion step; while a round runs,
-:func:`diffusion_progress` installs a log filter that turns those records into ``(fraction,
-description)`` reports ("decoding image: step k/n") for the page's progress bar.
+The page's progress reporter is a :data:`ProgressFn` ``(fraction, description)``. The backend hands
+``NextGPT.generate(progress=...)`` the callback :func:`forward_progress` makes of it: every
+:class:`~nextgpt.outputs.ProgressEvent` the model reports (the LLM starts, a media item starts
+decoding, one of its diffusion steps is done) becomes one report, ``(event.fraction,
+event.describe())``: ``generating text...``, ``decoding image: step k/n``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # nextgpt.outputs loads numpy; importing nextgpt.web stays light
+    from nextgpt.outputs import ProgressEvent
+
+logger = logging.getLogger(__name__)
 
 #: A callback that reports progress: ``(fraction in [0, 1] or None, description)``.
 ProgressFn = Callable[[float | None, str], None]
 
 
-class _DiffusionProgress(logging.Filter):
-    """Turns the model's per-step diffusion log records (``generate(progress=True)``) into progress
-    reports while installed on the ``nextgpt.model`` logger; drops them when that logger would not
-    have shown them."""
+def forward_progress(report: ProgressFn) -> Callable[[ProgressEvent], None]:
+    """The ``progress`` callback for ``generate`` that passes each event on to ``report`` as
+    ``(event.fraction, event.describe())``.
 
-    def __init__(self, report: ProgressFn, swallow: bool) -> None:
-        super().__init__()
-        self.report = report
-        self.swallow = swallow
+    A reporter that fails (the page went away) does not end the generation: its error is logged
+    at DEBUG and the call goes on.
+    """
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "diffusion step" not in str(record.msg) or not isinstance(record.args, tuple):
-            return True
-        if len(record.args) == 3:
-            modality, step, total = record.args
-            with contextlib.suppress(Exception):
-                self.report(step / max(total, 1), f"decoding {modality}: step {step}/{total}")
-        return not self.swallow
+    def on_event(event: ProgressEvent) -> None:
+        try:
+            report(event.fraction, event.describe())
+        except Exception:
+            logger.debug("progress report %r failed", event, exc_info=True)
+
+    return on_event
 
 
-@contextlib.contextmanager
-def diffusion_progress(report: ProgressFn | None) -> Iterator[bool]:
-    """Install :class:`_DiffusionProgress` for the duration of one (locked) ``generate`` call."""
-    if report is None:
-        yield False
-        return
-    model_logger = logging.getLogger("nextgpt.model")
-    swallow = not model_logger.isEnabledFor(logging.INFO)
-    old_level = model_logger.level
-    filt = _DiffusionProgress(report, swallow)
-    model_logger.addFilter(filt)
-    if swallow:
-        model_logger.setLevel(logging.INFO)
-    try:
-        yield True
-    finally:
-        model_logger.removeFilter(filt)
-        if swallow:
-            model_logger.setLevel(old_level)
+__all__ = ["ProgressFn", "forward_progress"]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from nextgpt.errors import InputError, NextGPTError
 from nextgpt.media import Audio, Video
-from nextgpt.web.progress import ProgressFn, diffusion_progress
+from nextgpt.web.progress import ProgressFn, forward_progress
 from nextgpt.web.uploads import CheckedUpload, UploadLimits, check_upload
 
 if TYPE_CHECKING:
@@ -441,6 +441,10 @@ class ChatBackend:
         turn go to ``generate`` (under the model lock), the outputs are saved in the session's folder and
         shown. The round is then recorded and the session trimmed to its last ``max_history_turns``
         rounds. A session that was closed (expired, evicted) starts over with a notice.
+
+        ``progress`` (the page's reporter) gets ``waiting for the model ...`` while another session
+        generates, then every event ``generate`` reports (:func:`~nextgpt.web.progress.forward_progress`:
+        ``generating text...``, ``decoding image: step k/n``), then ``saving outputs...``.
         """
         text = text or ""
         if not text.strip() and not files:
@@ -533,15 +537,12 @@ class ChatBackend:
         if progress and self.lock.locked():
             progress(None, "waiting for the model (another session is generating)...")
         with self.lock:
-            if progress:
-                progress(None, "generating text...")
-            with diffusion_progress(progress) as tracking:
-                return self.model.generate(
-                    messages,
-                    modalities=settings.modalities,
-                    seed=settings.seed,
-                    num_inference_steps=settings.num_inference_steps,
-                    guidance_scale=settings.guidance_scale,
-                    max_new_tokens=settings.max_new_tokens,
-                    progress=tracking,
-                )
+            return self.model.generate(
+                messages,
+                modalities=settings.modalities,
+                seed=settings.seed,
+                num_inference_steps=settings.num_inference_steps,
+                guidance_scale=settings.guidance_scale,
+                max_new_tokens=settings.max_new_tokens,
+                progress=forward_progress(progress) if progress else False,
+            )
