@@ -66,7 +66,7 @@ def _target_of(fn) -> tuple[torch.device, torch.dtype | None]:
 def _progress_reporter(progress) -> Callable[[ProgressEvent], object] | None:
     """``generate``'s checked ``progress`` as a function of one :class:`ProgressEvent` (``None``:
     no reports). ``True`` logs each diffusion step as ``"<modality> diffusion step <k>/<n>"`` at
-    INFO on this module's logger; the web page passes a callback instead)."""
+    INFO on this module's logger (the web page passes a callback instead)."""
     if progress is False:
         return None
     if progress is True:
