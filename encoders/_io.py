@@ -1,39 +1,8 @@
-"""Small file helpers shared by the media preprocessors: every failure becomes an :class:`InputError`
-that names the file and says what is wrong with it."""
+"""Small file helpers of the media preprocessors, kept importable here; they live in
+:mod:`nextgpt.mediaio._files` with the rest of the media I/O."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from nextgpt.mediaio._files import existing_file, reason
 
-from nextgpt.errors import InputError
-
-
-def existing_file(path: str | os.PathLike, what: str) -> Path:
-    """Return ``path`` as a :class:`Path` after checking that it is a readable regular file.
-
-    Args:
-        path: the file the user asked for.
-        what: the kind of media, used in the message (``"image"``, ``"audio"``, ``"video"``).
-
-    Raises:
-        InputError: the path does not exist, is a directory, or cannot be opened for reading.
-    """
-    p = Path(os.fspath(path))
-    if not p.exists():
-        raise InputError(f"{what} file not found: '{p}'")
-    if p.is_dir():
-        raise InputError(f"{what} path '{p}' is a directory, not a file")
-    if not os.access(p, os.R_OK):
-        raise InputError(f"cannot read {what} file '{p}': permission denied")
-    if p.stat().st_size == 0:
-        raise InputError(f"cannot decode {what} '{p}': the file is empty")
-    return p
-
-
-def reason(exc: BaseException) -> str:
-    """A one-line description of a decoder exception for an error message."""
-    text = " ".join(str(exc).split())
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+__all__ = ["existing_file", "reason"]

@@ -25,10 +25,12 @@ when the whole file is that short, makes upstream fail (an assertion in torchaud
 by zero); here it yields zero frames, i.e. an all-zero spectrogram before normalisation. Audio with
 no samples at all is an :class:`InputError`.
 
-Hostile input is bounded: sample rates must be 1 .. :data:`~nextgpt.media.MAX_SAMPLE_RATE` Hz and audio
-at most ``max_seconds`` long (default :data:`DEFAULT_MAX_AUDIO_SECONDS`), both read from the header
-before any sample is decoded; :func:`resample` costs memory proportional to the signal for any pair of
-rates (a bounded filter table, or none).
+Loading (:func:`load_audio`, :func:`decode_audio_av`) is :mod:`nextgpt.mediaio.audio`, the library's
+one audio decoder. Hostile input is bounded: sample rates must be 1 ..
+:data:`~nextgpt.media.MAX_SAMPLE_RATE` Hz and audio at most ``max_seconds`` long (default
+:data:`DEFAULT_MAX_AUDIO_SECONDS`), both read from the header before any sample is decoded;
+:func:`resample` costs memory proportional to the signal for any pair of rates (a bounded filter table,
+or none).
 """
 
 from __future__ import annotations
@@ -41,20 +43,21 @@ import typing
 from collections import OrderedDict
 from functools import lru_cache
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nextgpt.errors import InputError
-from nextgpt.media import MAX_SAMPLE_RATE, Audio, check_sample_rate
+from nextgpt.media import Audio
+from nextgpt.mediaio.audio import (
+    AV_AUDIO_EXTENSIONS,
+    DEFAULT_MAX_AUDIO_SAMPLES,
+    DEFAULT_MAX_AUDIO_SECONDS,
+    decode_audio_av,
+    read_audio,
+)
 
-from ._io import existing_file, reason
 from .clips import clip_timepoints
 
 logger = logging.getLogger(__name__)
-
-#: Containers whose sound track soundfile cannot read; they are decoded with PyAV instead.
-AV_AUDIO_EXTENSIONS = frozenset({".mp4", ".m4a", ".aac", ".webm", ".mov", ".mkv", ".opus", ".wma"})
 
 #: ImageBind audio normalisation constants.
 AUDIO_MEAN = -4.268
@@ -62,166 +65,43 @@ AUDIO_STD = 9.138
 
 _EPS = torch.finfo(torch.float32).eps
 
+__all__ = [
+    "AUDIO_MEAN",
+    "AUDIO_STD",
+    "AV_AUDIO_EXTENSIONS",
+    "DEFAULT_MAX_AUDIO_SAMPLES",
+    "DEFAULT_MAX_AUDIO_SECONDS",
+    "KERNEL_CACHE_BYTES",
+    "MAX_KERNEL_ELEMENTS",
+    "decode_audio_av",
+    "kaldi_fbank",
+    "kaldi_mel_banks",
+    "load_audio",
+    "preprocess_audio",
+    "resample",
+]
+
 
 # --------------------------------------------------------------------------------------------------
 # loading
 
 
-#: Longest audio (seconds) :func:`load_audio` / :func:`preprocess_audio` accept by default, at any
-#: sample rate; ``max_seconds=None`` lifts it.
-DEFAULT_MAX_AUDIO_SECONDS = 600.0
-
-
-def _check_rate(rate: object, name: str) -> int:
-    """A file's sample rate as an int in ``1 .. MAX_SAMPLE_RATE`` Hz, else an :class:`InputError`."""
-    try:
-        return check_sample_rate(rate)
-    except InputError:
-        raise InputError(
-            f"audio {name} has a sample rate of {rate} Hz, outside the valid range 1..{MAX_SAMPLE_RATE} Hz"
-        ) from None
-
-
-def _check_length(
-    samples: float, rate: int, name: str, max_seconds: float | None, *, claimed: bool = False
-) -> None:
-    """Refuse ``samples`` at ``rate`` Hz above ``max_seconds`` (``claimed``: the number is the header's)."""
-    if max_seconds is not None and samples > max_seconds * rate:
-        what = "its header says it is" if claimed else "it is"
-        raise InputError(
-            f"audio {name} is too long: {what} {samples / rate:.1f} s, above the limit of {max_seconds:g} s "
-            "(pass a larger max_seconds to accept it)"
-        )
-
-
-#: Most sample values (frames x channels) one decode may hold by default: 2**26, 256 MiB of float32
-#: (10 minutes of 48 kHz stereo is 57.6 M); ``max_samples=None`` lifts it. The duration limit alone
-#: would allow 1.8 GB per channel at 768 kHz, times any number of channels.
-DEFAULT_MAX_AUDIO_SAMPLES = 1 << 26
-
-
-def _check_values(
-    frames: float, channels: int, name: str, max_samples: int | None, *, claimed: bool = False
-) -> None:
-    """Refuse ``frames x channels`` sample values above ``max_samples``."""
-    if max_samples is not None and frames * channels > max_samples:
-        what = "its header says it holds" if claimed else "it holds"
-        raise InputError(
-            f"audio {name} is too large: {what} {int(frames)} frames x {channels} channel(s) = "
-            f"{int(frames * channels)} samples, above the limit of {max_samples} "
-            f"({max_samples * 4 / 2**20:.0f} MiB of float32; pass a larger max_samples to accept it)"
-        )
-
-
-def _max_samples(rate: int, max_seconds: float | None) -> int | None:
-    return None if max_seconds is None else math.floor(max_seconds * rate)
-
-
-def decode_audio_av(
-    source: os.PathLike | str | typing.BinaryIO,
-    *,
-    max_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS,
-    max_samples: int | None = DEFAULT_MAX_AUDIO_SAMPLES,
-) -> tuple[np.ndarray, int]:
-    """Decode the first audio stream of a container (a path or a binary file object) with PyAV ->
-    (float32 ``[C, N]``, rate).
-
-    The sample rate (1 .. :data:`~nextgpt.media.MAX_SAMPLE_RATE` Hz) and the stream's duration from the
-    header are checked before decoding; decoding stops with an :class:`InputError` as soon as more than
-    ``max_seconds`` of samples, or more than ``max_samples`` values over all channels, came out,
-    whatever the header said (``None``: no limit).
-    """
-    import av  # lazy: only needed for container formats
-
-    name = f"'{os.fspath(source)}'" if not hasattr(source, "read") else "(audio stream)"
-    chunks: list[np.ndarray] = []
-    total = 0
-    with av.open(source if hasattr(source, "read") else os.fspath(source)) as container:
-        if not container.streams.audio:
-            raise ValueError("the file has no audio stream")
-        stream = container.streams.audio[0]
-        rate = int(stream.rate or stream.codec_context.sample_rate or 0)
-        if rate:
-            rate = _check_rate(rate, name)
-            if stream.duration is not None and stream.time_base is not None:
-                seconds = float(stream.duration * stream.time_base)
-            else:
-                seconds = container.duration / 1e6 if container.duration else 0.0
-            _check_length(seconds * rate, rate, name, max_seconds, claimed=True)
-            channels = int(getattr(stream.codec_context, "channels", 0) or 0)
-            _check_values(seconds * rate, max(channels, 1), name, max_samples, claimed=True)
-        # Only the sample format changes (planar float32); rate and layout stay as decoded.
-        resampler = av.AudioResampler(format="fltp")
-        for frame in container.decode(stream):
-            if not rate:
-                rate = _check_rate(int(frame.sample_rate), name)
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray())  # [C, n] float32
-                total += chunks[-1].shape[1]
-            _check_length(total, rate, name, max_seconds)
-            if chunks:
-                _check_values(total, chunks[-1].shape[0], name, max_samples)
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray())
-            total += chunks[-1].shape[1]
-    if rate <= 0:
-        raise ValueError("the audio stream has no sample rate")
-    _check_length(total, rate, name, max_seconds)
-    if chunks:
-        _check_values(total, chunks[-1].shape[0], name, max_samples)
-    if not chunks:
-        return np.zeros((1, 0), dtype=np.float32), rate
-    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), rate
-
-
-def _read_soundfile(
-    path: os.PathLike, name: str, max_seconds: float | None, max_samples: int | None
-) -> tuple[np.ndarray, int]:
-    """soundfile read with the rate and the header's frame and channel counts checked first, reading at
-    most one sample more than ``max_seconds`` allows."""
-    import soundfile as sf
-
-    with sf.SoundFile(os.fspath(path)) as f:
-        rate = _check_rate(f.samplerate, name)
-        frames = int(f.frames)
-        _check_length(frames, rate, name, max_seconds, claimed=True)
-        _check_values(frames, int(f.channels), name, max_samples, claimed=True)
-        limit = _max_samples(rate, max_seconds)
-        data = f.read(
-            frames=frames if limit is None else min(frames, limit + 1), dtype="float32", always_2d=True
-        )
-    _check_length(data.shape[0], rate, name, max_seconds)
-    return np.ascontiguousarray(data.T), rate  # [N, C] -> [C, N]
-
-
-def _read_file(
-    path: os.PathLike, name: str, max_seconds: float | None, max_samples: int | None
-) -> tuple[np.ndarray, int]:
-    ext = os.path.splitext(os.fspath(path))[1].lower()
-    if ext not in AV_AUDIO_EXTENSIONS:
-        return _read_soundfile(path, name, max_seconds, max_samples)
-    try:
-        return _read_soundfile(path, name, max_seconds, max_samples)
-    except InputError:
-        raise
-    except Exception:
-        return decode_audio_av(path, max_seconds=max_seconds, max_samples=max_samples)
-
-
 def load_audio(
-    src: Audio | str | os.PathLike,
+    src: Audio | str | os.PathLike | bytes,
     *,
     max_seconds: float | None = DEFAULT_MAX_AUDIO_SECONDS,
     max_samples: int | None = DEFAULT_MAX_AUDIO_SAMPLES,
 ) -> tuple[torch.Tensor, int]:
     """Read audio as float32 ``[C, N]`` (samples in [-1, 1] for PCM files) and its sample rate.
 
-    Files are read with soundfile (wav, flac, ogg, mp3, ...); sound tracks of mp4/m4a/aac/webm/mov/mkv
-    are decoded with PyAV. An in-memory :class:`~nextgpt.media.Audio` array is copied (``[N]`` becomes
-    ``[1, N]``), so later in-place steps never touch the caller's data.
+    :func:`nextgpt.mediaio.audio.read_audio` as a torch tensor: files are read with soundfile (wav,
+    flac, ogg, mp3, ...); sound tracks of mp4/m4a/aac/webm/mov/mkv are decoded with PyAV. An in-memory
+    :class:`~nextgpt.media.Audio` array is copied (``[N]`` becomes ``[1, N]``), so later in-place steps
+    never touch the caller's data.
 
     Args:
-        src: a :class:`~nextgpt.media.Audio` (file or in-memory waveform) or a path.
+        src: a :class:`~nextgpt.media.Audio` (file or in-memory waveform), a path, or the bytes of a
+            wav/flac/ogg/mp3 file.
         max_seconds: refuse audio longer than this. For files it is checked from the header (soundfile's
             frame count, PyAV's stream duration) before any sample is decoded, and again on what is
             decoded (which never reads more than one sample past the limit); for arrays on their length.
@@ -233,41 +113,10 @@ def load_audio(
     Raises:
         InputError: missing or undecodable file, non-float array, no samples, non-finite samples, a
             sample rate outside 1 .. :data:`~nextgpt.media.MAX_SAMPLE_RATE` Hz, longer than
-            ``max_seconds`` or larger than ``max_samples``. The message names the file (and the measured value and the limit).
+            ``max_seconds`` or larger than ``max_samples``. The message names the file (and the measured
+            value and the limit).
     """
-    if isinstance(src, (str, os.PathLike)):
-        src = Audio(src)
-    if not isinstance(src, Audio):
-        raise InputError(f"audio must be a nextgpt.Audio or a path, got {type(src).__name__}")
-
-    if src.path is None:
-        arr = np.asarray(src.source)
-        name = repr(src)
-        if not np.issubdtype(arr.dtype, np.floating):
-            raise InputError(
-                f"{name}: audio arrays must be floating point in [-1, 1], got {arr.dtype} "
-                "(divide 16-bit PCM by 32768)"
-            )
-        rate = int(src.sample_rate)  # validated by Audio
-        _check_length(arr.shape[-1], rate, name, max_seconds)
-        _check_values(arr.shape[-1], arr.shape[0] if arr.ndim == 2 else 1, name, max_samples)
-        data = np.array(arr, dtype=np.float32, order="C", copy=True)  # own copy: later steps work in place
-        if data.ndim == 1:
-            data = data.reshape(1, -1)  # [N] -> [1, N]
-    else:
-        path = existing_file(src.path, "audio")
-        name = f"'{path}'"
-        try:
-            data, rate = _read_file(path, name, max_seconds, max_samples)
-        except InputError:
-            raise
-        except Exception as exc:
-            raise InputError(f"cannot decode audio {name}: {reason(exc)}") from exc
-
-    if data.shape[1] == 0:
-        raise InputError(f"audio {name} has no samples")
-    if not np.isfinite(data).all():
-        raise InputError(f"audio {name} contains NaN or infinite samples")
+    data, rate = read_audio(src, max_seconds=max_seconds, max_samples=max_samples)
     return torch.from_numpy(data), rate
 
 

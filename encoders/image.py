@@ -14,24 +14,24 @@ torchvision, with the same numerics:
 - normalise: ``(x - mean) / std`` per channel in float32 with the CLIP constants below (also used by
   the video preprocessing).
 
-Loading converts to RGB exactly like upstream (``Image.convert("RGB")``: alpha is dropped, not
-composited) after forcing a full decode, so truncated or corrupt files fail here with an
-:class:`InputError` instead of later inside the model.
+Loading (:func:`load_image`) is :func:`nextgpt.mediaio.image.load_image`, the library's one image
+decoder: it converts to RGB exactly like upstream (``Image.convert("RGB")``: alpha is dropped, not
+composited) after forcing a full decode, so truncated or corrupt files fail there with an
+:class:`InputError` instead of later inside the model. The pixel limit
+(:data:`DEFAULT_MAX_IMAGE_PIXELS`) is defined there too.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import warnings
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from nextgpt.errors import InputError
-
-from ._io import existing_file, reason
+from nextgpt.mediaio.image import DEFAULT_MAX_IMAGE_PIXELS, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -39,75 +39,22 @@ logger = logging.getLogger(__name__)
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
-#: Largest image (in pixels) that :func:`load_image` decodes by default: PIL's own warning threshold
-#: (about 9459 x 9459), above which an image is treated as a possible decompression bomb.
-DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
-
 #: Largest intermediate image :func:`preprocess_image` will produce when scaling the short side up to
 #: ``size`` (an extremely thin image, e.g. 1 x 100000, would otherwise need gigabytes).
 MAX_RESIZED_PIXELS = 1 << 26
 
-
-def _check_pixels(img: Image.Image, name: str, max_pixels: int | None) -> None:
-    w, h = img.size
-    if w <= 0 or h <= 0:
-        raise InputError(f"image {name} is empty ({w}x{h} pixels)")
-    if max_pixels is not None and w * h > max_pixels:
-        raise InputError(
-            f"image {name} is {w}x{h} = {w * h} pixels, above the limit of {max_pixels} "
-            "(possible decompression bomb; pass a larger max_pixels to accept it)"
-        )
-
-
-def load_image(
-    src: Image.Image | str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
-) -> Image.Image:
-    """Open and fully decode an image, returned in RGB mode.
-
-    Args:
-        src: a PIL image (converted to RGB) or a path to an image file PIL can read.
-        max_pixels: refuse images with more pixels than this, checked from the file header before
-            any pixel is decoded. ``None``: no limit of ours; PIL's own check (``Image.MAX_IMAGE_PIXELS``:
-            a warning above it, an error above twice it) still applies to files and its error becomes
-            an :class:`InputError` too.
-
-    Raises:
-        InputError: missing file, unknown or undecodable format, truncated data, an empty image or one
-            above the pixel limit. The message names the file.
-    """
-    if isinstance(src, Image.Image):
-        name = "(PIL image)"
-        _check_pixels(src, name, max_pixels)
-        try:
-            return src.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as exc:  # lazily loaded, broken image
-            raise InputError(f"cannot decode image {name}: {reason(exc)}") from exc
-    if not isinstance(src, (str, os.PathLike)):
-        raise InputError(f"image must be a PIL image or a path, got {type(src).__name__}")
-
-    path = existing_file(src, "image")
-    name = f"'{path}'"
-    try:
-        with warnings.catch_warnings():
-            # While opening, PIL warns about images above Image.MAX_IMAGE_PIXELS and raises above twice
-            # that. With a limit of our own, checked from the header before decoding, its warning is
-            # redundant; a warning turned into an error by the caller's filters is still caught below.
-            if max_pixels is not None:
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                _check_pixels(img, name, max_pixels)
-                img.load()  # full decode: truncated / corrupt data fails here, not later
-                return img.convert("RGB")
-    except InputError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError(f"image {name} is too large (possible decompression bomb): {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise InputError(f"cannot decode image {name}: unknown or unsupported image format") from exc
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
-        raise InputError(f"cannot decode image {name}: {reason(exc)}") from exc
-    except Exception as exc:  # any other decoder failure inside a PIL plugin
-        raise InputError(f"cannot decode image {name}: {reason(exc)}") from exc
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "MAX_RESIZED_PIXELS",
+    "center_crop",
+    "load_image",
+    "normalize",
+    "pil_to_tensor",
+    "preprocess_image",
+    "resize_short_side",
+]
 
 
 def resize_short_side(img: Image.Image, size: int) -> Image.Image:
@@ -154,7 +101,7 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def preprocess_image(
-    src: Image.Image | str | os.PathLike,
+    src: Image.Image | str | os.PathLike | bytes,
     size: int = 224,
     *,
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
@@ -162,7 +109,7 @@ def preprocess_image(
     """ImageBind vision input for one image: float32 ``[3, size, size]``, CLIP-normalised.
 
     Args:
-        src: a PIL image or a path (see :func:`load_image`).
+        src: a PIL image, a path or the bytes of an image file (see :func:`load_image`).
         size: output side (224 for ImageBind).
         max_pixels: decompression-bomb limit passed to :func:`load_image`.
 

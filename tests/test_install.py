@@ -21,6 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SUBPACKAGES = [
     "nextgpt",
+    "nextgpt.mediaio",
     "nextgpt.web",
     "nextgpt.encoders",
     "nextgpt.projectors",

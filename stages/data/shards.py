@@ -24,31 +24,34 @@ Rank and world size come from ``torch.distributed`` when it is initialised, else
 
 Writing (:func:`write_samples`) uses webdataset's ``ShardWriter`` with fixed member times, so the same
 records give byte-identical shards.
+
+Media members are decoded and encoded by :mod:`nextgpt.mediaio`, the library's one media I/O
+(:func:`decode_image`, :func:`decode_audio`, :func:`decode_video`, :func:`encode_image`,
+:func:`encode_audio`, :func:`encode_video` are its functions): images are refused above
+:data:`MAX_IMAGE_PIXELS` (the library's one pixel limit), audio above the reader's duration / sample
+limits, and the H.264 writer pads odd frame sizes with edge pixels.
 """
 
 from __future__ import annotations
 
 import glob
-import io
 import logging
 import os
 import random
 import re
 import tarfile
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from nextgpt.encoders.audio import decode_audio_av
 from nextgpt.errors import InputError
-from nextgpt.media import Audio, Video
+from nextgpt.mediaio.audio import decode_audio, encode_audio
+from nextgpt.mediaio.image import DEFAULT_MAX_IMAGE_PIXELS, decode_image, encode_image
+from nextgpt.mediaio.video import decode_video, encode_video
 from nextgpt.modality import Modality
 from nextgpt.processor import MediaItem, Turn
 
@@ -72,174 +75,55 @@ from .schema import (
     safe_key,
 )
 
-if TYPE_CHECKING:
-    from PIL import Image
-
 logger = logging.getLogger(__name__)
 
-#: Images with more pixels than this are refused (PIL's decompression-bomb warning threshold).
-MAX_IMAGE_PIXELS = 89_478_485
+#: Images with more pixels than this are refused: the library's one image limit
+#: (:data:`nextgpt.mediaio.image.DEFAULT_MAX_IMAGE_PIXELS`, PIL's decompression-bomb warning threshold).
+MAX_IMAGE_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
 #: How many bad keys :class:`DataStats` remembers.
 MAX_BAD_KEYS = 100
-#: Audio containers soundfile cannot read; decoded with PyAV.
-_AV_AUDIO = frozenset({"m4a", "aac", "mp4", "webm", "opus"})
 SPLITS = ("auto", "shard", "sample")
+
+__all__ = [
+    "MAX_BAD_KEYS",
+    "MAX_IMAGE_PIXELS",
+    "SPLITS",
+    "DataStats",
+    "ShardDataset",
+    "collate_samples",
+    "count_samples",
+    "decode_audio",
+    "decode_image",
+    "decode_media",
+    "decode_sample",
+    "decode_video",
+    "encode_audio",
+    "encode_image",
+    "encode_video",
+    "expand_urls",
+    "iter_raw",
+    "iter_samples",
+    "write_samples",
+]
 
 
 # --------------------------------------------------------------------------------------------------
-# media codecs (bytes <-> python objects)
+# media codecs (bytes <-> python objects): nextgpt.mediaio, the library's one media I/O.
+# decode_image / decode_audio / decode_video / encode_image / encode_audio / encode_video are its
+# functions, re-exported here (and from nextgpt.stages.data).
 
 
 def _ext(field_name: str) -> str:
     return field_name.rsplit(".", 1)[-1].lower()
 
 
-def decode_image(data: bytes, *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Fully decode image bytes to an RGB ``PIL.Image.Image``; raise ``ValueError`` if unusable."""
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = Image.open(io.BytesIO(data))
-        w, h = img.size
-        if w <= 0 or h <= 0:
-            raise ValueError(f"empty image ({w}x{h})")
-        if max_pixels is not None and w * h > max_pixels:
-            raise ValueError(f"image is {w}x{h} pixels, above the limit of {max_pixels}")
-        img.load()
-    return img.convert("RGB")
-
-
-def decode_audio(data: bytes, ext: str = "wav") -> Audio:
-    """Decode audio bytes to :class:`nextgpt.Audio` with a float32 ``[C, N]`` waveform.
-
-    soundfile reads wav/flac/ogg/mp3/...; the sound track of m4a/aac/mp4/webm goes through PyAV.
-    """
-    ext = ext.lower().lstrip(".")
-    if ext in _AV_AUDIO:
-        wave, rate = decode_audio_av(io.BytesIO(data))
-    else:
-        import soundfile as sf
-
-        arr, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # [N, C]
-        wave = np.ascontiguousarray(arr.T)
-    if wave.shape[-1] == 0:
-        raise ValueError("audio has no samples")
-    if not np.isfinite(wave).all():
-        raise ValueError("audio contains NaN or infinite samples")
-    return Audio(wave, sample_rate=int(rate))
-
-
-def decode_video(data: bytes, *, max_frames: int | None = None, first_frame_only: bool = False) -> Video:
-    """Decode video bytes with PyAV to :class:`nextgpt.Video` (uint8 ``[T, H, W, 3]`` RGB, fps).
-
-    Args:
-        max_frames: keep at most this many frames by taking every k-th frame (the frame rate is divided
-            by k, so times stay right); ``None`` keeps every frame.
-        first_frame_only: decode one frame (a cheap validity check).
-    """
-    import av
-
-    frames: list[np.ndarray] = []
-    with av.open(io.BytesIO(data)) as container:
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        rate = stream.average_rate or stream.guessed_rate
-        fps = float(rate) if rate else 0.0
-        stride = 1
-        if max_frames is not None and max_frames > 0:
-            total = stream.frames or 0
-            if not total and container.duration and fps:
-                total = int(round(container.duration / 1e6 * fps))
-            stride = max(1, -(-total // max_frames)) if total else 1
-        pts: list[float] = []
-        for i, frame in enumerate(container.decode(stream)):
-            if i % stride:
-                continue
-            frames.append(frame.to_ndarray(format="rgb24"))
-            if frame.pts is not None and frame.time_base is not None:
-                pts.append(float(frame.pts * frame.time_base))
-            if first_frame_only or (max_frames and len(frames) >= max_frames):
-                break
-    if not frames:
-        raise ValueError("video has no decodable frames")
-    if fps <= 0 and len(pts) >= 2 and pts[-1] > pts[0]:
-        fps = (len(pts) - 1) / (pts[-1] - pts[0]) * stride
-    if fps <= 0:
-        raise ValueError("video has no frame rate")
-    return Video(np.stack(frames), fps=fps / stride)
-
-
-def encode_image(image: Image.Image, fmt: str = "jpg", *, quality: int = 90) -> bytes:
-    """Encode a PIL image (``fmt``: jpg, png or webp)."""
-    fmt = fmt.lower()
-    buf = io.BytesIO()
-    if fmt in ("jpg", "jpeg"):
-        image.convert("RGB").save(buf, format="JPEG", quality=quality)
-    elif fmt == "png":
-        image.save(buf, format="PNG")
-    elif fmt == "webp":
-        image.save(buf, format="WEBP", quality=quality)
-    else:
-        raise ValueError(f"cannot encode images as {fmt!r}; use jpg, png or webp")
-    return buf.getvalue()
-
-
-def encode_audio(
-    waveform: np.ndarray, sample_rate: int, fmt: str = "wav", *, subtype: str | None = None
-) -> bytes:
-    """Encode a float waveform ``[C, N]`` or ``[N]`` with soundfile (``fmt``: wav, flac, ogg, mp3)."""
-    import soundfile as sf
-
-    wave = np.asarray(waveform, dtype=np.float32)
-    wave = wave.reshape(1, -1) if wave.ndim == 1 else wave
-    formats = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3"}
-    if fmt.lower() not in formats:
-        raise ValueError(f"cannot encode audio as {fmt!r}; use one of {sorted(formats)}")
-    buf = io.BytesIO()
-    sf.write(buf, wave.T, int(sample_rate), format=formats[fmt.lower()], subtype=subtype)
-    return buf.getvalue()
-
-
-def encode_video(frames: np.ndarray, fps: float, *, crf: int = 23) -> bytes:
-    """Encode uint8 RGB frames ``[T, H, W, 3]`` as H.264 mp4 (MPEG-4 part 2 if libx264 is missing).
-
-    Odd widths/heights are cropped by one pixel (yuv420p needs even sizes). Single-threaded, so the
-    same frames give the same bytes.
-    """
-    from fractions import Fraction
-
-    import av
-
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
-    h, w = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
-    frames = frames[:, :h, :w]
-    rate = Fraction(fps).limit_denominator(1001)
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as out:
-        try:
-            stream = out.add_stream("libx264", rate=rate)
-            # x264's macroblock-tree rate control gave run-to-run differences here; without it (and
-            # with one thread) the output bytes are reproducible.
-            stream.options = {"crf": str(crf), "preset": "medium", "threads": "1", "x264-params": "mbtree=0"}
-        except Exception:  # an FFmpeg build without libx264
-            stream = out.add_stream("mpeg4", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.thread_count = 1
-        for arr in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")))
-        out.mux(stream.encode(None))
-    return buf.getvalue()
-
-
 def decode_media(field_name: str, data: bytes, modality: Modality, *, max_video_frames: int | None = None):
-    """Decode one media member to the value a :class:`~nextgpt.processor.MediaItem` holds."""
+    """Decode one media member to the value a :class:`~nextgpt.processor.MediaItem` holds: an RGB PIL
+    image (at most :data:`MAX_IMAGE_PIXELS`), an :class:`~nextgpt.media.Audio` or a
+    :class:`~nextgpt.media.Video` (the limits of :mod:`nextgpt.mediaio`). Raises ``ValueError``
+    (:class:`~nextgpt.errors.InputError`) or a decoder error for unusable data."""
     if modality is Modality.IMAGE:
-        return decode_image(data)
+        return decode_image(data, max_pixels=MAX_IMAGE_PIXELS)
     if modality is Modality.AUDIO:
         return decode_audio(data, _ext(field_name))
     if modality is Modality.VIDEO:
@@ -506,9 +390,9 @@ def decode_sample(
         try:
             return decode_media(fld, fields[fld], modality, max_video_frames=max_video_frames)
         except Exception as exc:
-            raise BadSample(
-                f"cannot decode {modality.value} member {fld!r}: {type(exc).__name__}: {exc}"
-            ) from None
+            # The media readers' InputError already says what is wrong; other errors get their type.
+            why = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+            raise BadSample(f"cannot decode {modality.value} member {fld!r}: {why}") from None
 
     if kind == PAIR:
         fld, modality = find_pair_media(meta, set(fields))
