@@ -147,16 +147,20 @@ def _media_modality(value: str | Modality) -> Modality:
 
 
 def _write_png(path: Path, image, rate: float | None) -> None:
-    image.save(path)
+    from nextgpt.mediaio.image import write_image
+
+    write_image(path, image)
 
 
 def _write_wav(path: Path, wave, rate: float | None) -> None:
-    import soundfile
+    from nextgpt.mediaio.audio import write_wav
 
-    soundfile.write(path, np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0), int(rate or 16000))
+    write_wav(path, wave, int(rate or 16000))
 
 
 def _write_video(path: Path, frames, rate: float | None) -> None:
+    from nextgpt.mediaio.video import write_mp4
+
     write_mp4(path, frames, rate or 8)
 
 
@@ -166,27 +170,6 @@ _WRITERS: dict[Modality, tuple[str, Callable[[Path, object, float | None], None]
     Modality.AUDIO: ("wav", _write_wav),
     Modality.VIDEO: ("mp4", _write_video),
 }
-
-
-def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
-    """Encode uint8 ``[T, H, W, 3]`` frames as H.264 (yuv420p; odd sizes are padded by one pixel)."""
-    import av
-
-    frames = np.asarray(frames, dtype=np.uint8)
-    T, H, W, _ = frames.shape
-    h2, w2 = H + H % 2, W + W % 2
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=int(round(fps)))
-        stream.width, stream.height, stream.pix_fmt = w2, h2, "yuv420p"
-        for t in range(T):
-            frame = np.pad(frames[t], ((0, h2 - H), (0, w2 - W), (0, 0)), mode="edge")
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-# ------------------------------------------------------------------ progress
 
 
 #: The stages a :class:`ProgressEvent` reports, in the order one ``generate`` call goes through them.
@@ -231,4 +214,4 @@ class ProgressEvent:
         return f"decoding {self.modality.value}: step {self.step}/{self.total}"
 
 
-__all__ = ["PROGRESS_STAGES", "GenerationOutput", "ProgressEvent", "write_mp4"]
+__all__ = ["PROGRESS_STAGES", "GenerationOutput", "ProgressEvent"]
