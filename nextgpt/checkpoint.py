@@ -156,6 +156,7 @@ _REPLACED = ".replaced-"
 
 
 def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of the file's contents."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -190,7 +191,7 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def write_model_folder(
     directory: str | os.PathLike,
-    write_config: Callable[[Path], None],
+    write_config: Callable[[Path], object],
     state: Mapping[str, torch.Tensor],
     meta: Mapping[str, object],
 ) -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,8 @@ def _progress_reporter(progress) -> Callable[[ProgressEvent], object] | None:
 
         def log_steps(event: ProgressEvent) -> None:
             if event.stage == "step":
-                logger.info("%s diffusion step %d/%d", event.modality.value, event.step, event.total)
+                name = event.modality.value if event.modality is not None else "media"
+                logger.info("%s diffusion step %d/%d", name, event.step, event.total)
 
         return log_steps
     return progress
@@ -275,7 +277,8 @@ class NextGPT(nn.Module):
         idle = torch.zeros((), device=self.device)
         if every_modality:
             cfg = self.config.model.input_projector
-            shape = (1, 1, cfg.in_dim) if cfg.uses_patch_tokens else (1, cfg.in_dim)
+            in_dim = typing.cast(int, cfg.in_dim)  # derived when the config is validated
+            shape = (1, 1, in_dim) if cfg.uses_patch_tokens else (1, in_dim)
             order = list(self.llm.layout.placeholder_ids)
             unknown = [m for m in features if m not in order]
             if unknown:
@@ -440,7 +443,9 @@ class NextGPT(nn.Module):
                 for i, (_, t) in enumerate(entries):
                     if t.media is not None:
                         loss = self.decoders[m].denoising_loss(
-                            pred[i : i + 1], media=t.media.unsqueeze(0), generator=generator
+                            pred[i : i + 1],
+                            media=typing.cast(torch.Tensor, t.media).unsqueeze(0),  # checked: a tensor
+                            generator=generator,
                         )
                         denoise_terms.append(loss)
             losses["align_loss"] = align_total
@@ -641,9 +646,10 @@ class NextGPT(nn.Module):
         runs: list[SignalRun] = []
         produced: set[Modality] = set()
         queue: list[int] = []  # forced tokens (rest of a run)
-        run_mod, run_states = None, []
+        run_mod: Modality | None = None
+        run_states: list[torch.Tensor] = []
 
-        def feed(token: int):
+        def feed(token: int) -> torch.Tensor:
             nonlocal past, logits
             emb = self.llm.embed(torch.tensor([[token]], device=self.device))
             o = self.llm(emb, past_key_values=past, use_cache=True)
@@ -673,7 +679,7 @@ class NextGPT(nn.Module):
                     tokens.pop()  # the stop string (and any token reaching into it) is not returned
                 break
             state = feed(token) if (queue or run_mod is not None or len(tokens) < budget) else None
-            if run_mod is not None:
+            if run_mod is not None and state is not None:  # a run in progress is always fed
                 run_states.append(state)
                 if not queue:
                     runs.append(SignalRun(run_mod, torch.stack(run_states)))
@@ -682,11 +688,11 @@ class NextGPT(nn.Module):
         for m in forced:  # requested media the LLM did not emit: append its run
             if m in produced:
                 continue
-            ids = list(layout.signal_ids[m])
-            emb = self.llm.embed(torch.tensor([ids], device=self.device))
+            run_ids = list(layout.signal_ids[m])
+            emb = self.llm.embed(torch.tensor([run_ids], device=self.device))
             o = self.llm(emb, past_key_values=past, use_cache=True)
             past = o.past_key_values
-            tokens += ids
+            tokens += run_ids
             runs.append(SignalRun(m, o.hidden[0] + emb[0]))
         return tokens, runs
 
@@ -783,7 +789,7 @@ class NextGPT(nn.Module):
             raise CheckpointError(f"{what}: key(s) {', '.join(missing)} have no parameter in the model")
         with torch.no_grad():
             for k, v in state.items():
-                target = params.get(k, buffers.get(k))
+                target = params[k] if k in params else buffers[k]
                 target.copy_(v.to(target.dtype))
 
     @classmethod

@@ -51,13 +51,18 @@ class GenerationOutput:
     ) -> None:
         self.text = text
         self.token_ids = list(token_ids) if token_ids is not None else []
-        self.media = {m: [] for m in MEDIA_MODALITIES}
+        self.media: dict[Modality, list] = {m: [] for m in MEDIA_MODALITIES}
         for m, items in (media or {}).items():
             self.media[_media_modality(m)] = list(items)
         self.rates = {_media_modality(m): r for m, r in (rates or {}).items() if r is not None}
-        for m, items in ((Modality.IMAGE, images), (Modality.AUDIO, audios), (Modality.VIDEO, videos)):
-            if items is not None:
-                self.media[m] = items
+        given: dict[Modality, list | None] = {
+            Modality.IMAGE: images,
+            Modality.AUDIO: audios,
+            Modality.VIDEO: videos,
+        }
+        for m, listed in given.items():
+            if listed is not None:
+                self.media[m] = listed
         if audio_sample_rate is not None:
             self.rates[Modality.AUDIO] = audio_sample_rate
         if video_fps is not None:
@@ -97,7 +102,8 @@ class GenerationOutput:
 
     @property
     def audio_sample_rate(self) -> int | None:
-        return self.rates.get(Modality.AUDIO)
+        rate = self.rates.get(Modality.AUDIO)
+        return None if rate is None else int(rate)
 
     @audio_sample_rate.setter
     def audio_sample_rate(self, value: int | None) -> None:
@@ -211,7 +217,8 @@ class ProgressEvent:
         """One line for a user: ``generating text...``, ``decoding image: step 3/25``."""
         if self.stage == "text":
             return "generating text..."
-        return f"decoding {self.modality.value}: step {self.step}/{self.total}"
+        name = self.modality.value if self.modality is not None else "media"
+        return f"decoding {name}: step {self.step}/{self.total}"
 
 
 __all__ = ["PROGRESS_STAGES", "GenerationOutput", "ProgressEvent"]
