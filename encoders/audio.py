@@ -221,7 +221,7 @@ def _output_length(orig: int, new: int, length: int) -> int:
 
 
 def _resample_table(flat: torch.Tensor, orig: int, new: int, lowpass_filter_width: int, rolloff: float):
-    """torchaudio's own scheme: one strided convolution with the cached ``[new, 1, K]`` table."""
+    """Torchaudio's own scheme: one strided convolution with the cached ``[new, 1, K]`` table."""
     kernel, width = _sinc_kernel(orig, new, lowpass_filter_width, rolloff, flat.dtype)
     kernel = kernel.to(flat.device)
     length = flat.shape[-1]

@@ -65,18 +65,22 @@ class ImageBindEncoder(nn.Module):
         return cls(model)
 
     def train(self, mode: bool = True) -> ImageBindEncoder:  # frozen: stays in eval mode
+        """Ignore ``mode``: the encoder is frozen and stays in eval mode."""
         return super().train(False)
 
     @property
     def out_dim(self) -> int:
+        """Width of the output embeddings (ImageBind's ``out_embed_dim``)."""
         return self.model.config.out_embed_dim
 
     @property
     def device(self) -> torch.device:
+        """Device the ImageBind weights are on."""
         return next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """Dtype of the ImageBind weights."""
         return next(self.model.parameters()).dtype
 
     @staticmethod

@@ -107,6 +107,7 @@ class ClipTokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Number of token ids: the byte symbols, their ``</w>`` forms, the merges and the two specials."""
         return len(self.encoder)
 
     def _bpe(self, piece: str) -> list[str]:

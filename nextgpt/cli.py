@@ -130,6 +130,8 @@ def _media_parts(args) -> list:
 
 
 def cmd_generate(args) -> int:
+    """``nextgpt generate``: answer one prompt (input files checked before the model loads); print the
+    text and the paths of the saved media."""
     from nextgpt.errors import InputError
 
     for kind, paths in (("image", args.image), ("audio", args.audio), ("video", args.video)):
@@ -269,6 +271,8 @@ def _chat_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_import_legacy(args) -> int:
+    """``nextgpt import-legacy``: convert an official NExT-GPT checkpoint and save it with
+    ``save_pretrained`` under ``--out``."""
     from nextgpt.model import NextGPT
 
     model = NextGPT.from_legacy_checkpoint(args.checkpoint, preset=args.preset, overrides=args.override)
@@ -285,6 +289,8 @@ def _import_legacy_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args) -> int:
+    """``nextgpt serve``: run :func:`nextgpt.web.serve` with the command line's options until it is
+    stopped."""
     from nextgpt.web import serve
 
     _check_model_args(args)  # before the model load, as generate and chat do
@@ -353,6 +359,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo(args) -> int:
+    """``nextgpt demo``: :func:`nextgpt.demo.run_demo` on ``--preset``."""
     from nextgpt.demo import run_demo
 
     run_demo(args.preset, out=args.out, seed=args.seed)
@@ -366,6 +373,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_data_convert(args) -> int:
+    """``nextgpt data convert``: convert an upstream JSON format into shards; print the report."""
     from nextgpt.stages.data.convert import convert
 
     report = convert(args.format, args.input, args.media_dir, args.out, max_per_shard=args.max_per_shard)
@@ -382,6 +390,7 @@ def _data_convert_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_data_demo(args) -> int:
+    """``nextgpt data demo``: build the demo dataset under ``--out``; print the shards of each kind."""
     from nextgpt.stages.data.demo import build_demo_dataset
 
     written = build_demo_dataset(args.out, seed=args.seed)
@@ -396,6 +405,8 @@ def _data_demo_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_cache(args) -> int:
+    """``nextgpt cache``: build a feature cache (:func:`~nextgpt.stages.cache.build_cache_report`);
+    print what this build wrote and what the cache holds."""
     from nextgpt.stages.cache import build_cache_report
 
     report = build_cache_report(
@@ -450,6 +461,8 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args) -> int:
+    """``nextgpt train``: run one stage (:func:`~nextgpt.stages.train.train`); print where the model
+    was saved."""
     from nextgpt.stages.train import train
 
     result = train(
@@ -550,6 +563,7 @@ def _add_commands(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``nextgpt`` argument parser: one subparser per entry of :data:`COMMANDS`."""
     ap = argparse.ArgumentParser(prog="nextgpt", description="Any-to-any multimodal LLMs (NExT-GPT style).")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     # -v/--verbose is accepted after the subcommand too (SUPPRESS keeps the top-level value otherwise)
@@ -562,6 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``); return the exit status (2 after a
+    typed error, 130 after Ctrl-C)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else args.log_level,

@@ -293,6 +293,8 @@ class LanguageModel(nn.Module):
     def from_config(
         cls, cfg: LLMConfig, signal_counts: dict[Modality, int], *, seed: int = 0
     ) -> LanguageModel:
+        """Load (or build tiny random) the LLM of ``cfg``, add the signal and wrapper tokens for
+        ``signal_counts``, and wrap it in LoRA and gradient checkpointing as configured."""
         model, tokenizer = _load_hf(cfg, seed)
         _check_sizes(model, cfg)
         base_vocab = model.get_input_embeddings().num_embeddings
@@ -349,10 +351,12 @@ class LanguageModel(nn.Module):
 
     @property
     def hidden_size(self) -> int:
+        """Width of the hidden states (the LLM config's ``hidden_size``)."""
         return self._causal_lm().config.hidden_size
 
     @property
     def has_lora(self) -> bool:
+        """Whether the model is wrapped with LoRA adapters."""
         return hasattr(self.model, "peft_config")
 
     def _lora_layers(self) -> list[tuple[str, nn.Module]]:
@@ -399,12 +403,13 @@ class LanguageModel(nn.Module):
         self._lora_merged = merged
 
     def train(self, mode: bool = True) -> LanguageModel:
+        """Set training mode; entering it unmerges the LoRA deltas first."""
         if mode:
             self.set_lora_merged(False)
         return super().train(mode)
 
     def state_dict(self, *args, **kwargs):
-        # Saved weights are always the unmerged base + separate adapters.
+        """The module's state dict, always with the LoRA deltas unmerged (base + separate adapters)."""
         self.set_lora_merged(False)
         return super().state_dict(*args, **kwargs)
 
@@ -489,6 +494,8 @@ class LanguageModel(nn.Module):
         use_cache: bool = False,
         compute_logits: bool = True,
     ) -> LMOutput:
+        """Run the decoder stack on ``inputs_embeds``: final hidden states, their logits (unless
+        ``compute_logits`` is false) and the KV cache (when ``use_cache``)."""
         out = self.backbone(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -512,5 +519,6 @@ class LanguageModel(nn.Module):
         return {name: tensor.param for name, tensor in self.trainable_parameters().items()}
 
     def describe(self) -> str:
+        """One line: the causal LM class, its parameter count and the number of added tokens."""
         n = sum(p.numel() for p in self.parameters())
         return f"{type(self._causal_lm()).__name__} {n / 1e6:.1f}M params, +{self.layout.num_new} tokens"

@@ -1,4 +1,4 @@
-"""Turn user inputs into token ids with media placeholders, and back.
+r"""Turn user inputs into token ids with media placeholders, and back.
 
 Inputs (:func:`parse_inputs`): a string, a media item (``PIL.Image.Image``, ``pathlib.Path`` to a
 media file, :class:`~nextgpt.media.Audio`, :class:`~nextgpt.media.Video`), a list of such parts (one
@@ -9,7 +9,7 @@ media wrappers instead).
 Templates (:class:`Processor`), chosen by ``model.llm.template``:
 
 * ``vicuna_v0`` — the legacy NExT-GPT format (REFERENCE.md 1.2): ``### Human: <Img>[media]</Img>
-  text\\n### Assistant:``; assistant turns end with ``\\n###``; at inference every text segment gets
+  text\n### Assistant:``; assistant turns end with ``\n###``; at inference every text segment gets
   its own BOS, as the released model saw it.
 * ``vicuna_v1`` — FastChat's v1 format: system line, ``USER: ... ASSISTANT: ...</s>``.
 * ``chat_template`` — the tokenizer's own chat template (SmolLM2).
@@ -54,13 +54,17 @@ class MediaItem:
 
 @dataclass
 class Turn:
+    """One message of a conversation: its role and its parts (text strings and media items), in order."""
+
     role: str  # "user" | "assistant"
     parts: list[str | MediaItem] = field(default_factory=list)
 
     def media(self) -> list[MediaItem]:
+        """The media parts, in order."""
         return [p for p in self.parts if isinstance(p, MediaItem)]
 
     def text(self) -> str:
+        """The text parts joined without separators."""
         return "".join(p for p in self.parts if isinstance(p, str))
 
 
@@ -145,7 +149,7 @@ TEMPLATE_STOPS: dict[str, tuple[str, ...]] = {"vicuna_v0": ("###",), "vicuna_v1"
 
 
 class Processor:
-    """Render conversations with the configured template and tokenise them exactly as the weights
+    r"""Render conversations with the configured template and tokenise them exactly as the weights
     were trained.
 
     * ``vicuna_v1`` (FastChat ``vicuna_v1.1``, ``SeparatorStyle.ADD_COLON_TWO``): ``<s>SYSTEM USER: q

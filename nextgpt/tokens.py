@@ -28,6 +28,7 @@ WRAPPERS = ("<Img>", "</Img>")
 
 
 def signal_token_strings(modality: Modality, count: int) -> list[str]:
+    """The ``count`` signal token strings of ``modality``: ``[IMG0]``, ``[IMG1]``, ..."""
     return [f"[{SIGNAL_PREFIX[modality]}{i}]" for i in range(count)]
 
 
@@ -52,6 +53,7 @@ class TokenLayout:
 
     @property
     def num_new(self) -> int:
+        """Number of added tokens: signal tokens, placeholders and (when used) the two wrappers."""
         return (
             sum(len(v) for v in self.signal_ids.values())
             + len(self.placeholder_ids)
@@ -60,9 +62,11 @@ class TokenLayout:
 
     @property
     def vocab_size(self) -> int:
+        """Base vocabulary plus the added tokens."""
         return self.base_vocab + self.num_new
 
     def all_signal_ids(self) -> set[int]:
+        """The signal token ids of every modality."""
         return {i for ids in self.signal_ids.values() for i in ids}
 
     def never_generated(self) -> set[int]:
@@ -80,6 +84,8 @@ class TokenLayout:
     def build(
         cls, base_vocab: int, signal_counts: dict[Modality, int], media_wrappers: bool, eos_ids=()
     ) -> TokenLayout:
+        """Assign ids from ``base_vocab`` on in the order :func:`added_token_strings` adds the tokens:
+        wrappers (if any), signal runs in :data:`SIGNAL_ORDER`, then the placeholders."""
         next_id = base_vocab
         wrapper_ids = None
         if media_wrappers:

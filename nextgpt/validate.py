@@ -186,7 +186,7 @@ def check_temperature(value: Any) -> float:
 
 
 def check_text(value: str, name: str = "text") -> str:
-    """``value`` unchanged if it can be encoded as UTF-8 (a lone surrogate such as ``"\\ud800"``
+    r"""``value`` unchanged if it can be encoded as UTF-8 (a lone surrogate such as ``"\ud800"``
     cannot: it is half of a UTF-16 pair, not a character)."""
     try:
         value.encode("utf-8")

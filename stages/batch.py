@@ -284,6 +284,8 @@ class Collator:
         return sample, enc, items, outputs
 
     def __call__(self, samples) -> Batch:
+        """Collate the usable ``samples`` into one padded :class:`Batch`; dropped and unusable ones are
+        counted in ``drops`` and ``skipped_keys`` (padding entries are not counted)."""
         rows, drops, skipped_keys, seen = [], {}, [], 0
         for sample in samples:
             if isinstance(sample, DroppedSample):

@@ -102,12 +102,14 @@ def tensor_fingerprint(module: torch.nn.Module, extra: str = "") -> str:
 
 
 def encoder_fingerprint(model) -> str:
+    """Fingerprint of ``model``'s frozen encoder and the feature kind (pooled or tokens) it caches."""
     ip = model.config.model.input_projector
     feature = "tokens" if ip.uses_patch_tokens else "pooled"
     return tensor_fingerprint(model.encoder.model, extra=f"imagebind:{feature}:preprocess-v1")
 
 
 def captions_fingerprint(model) -> str:
+    """Fingerprint of every output decoder's caption encoding (each decoder's ``caption_fingerprint()``)."""
     parts = [
         f"{m.value}:{d.caption_fingerprint()}"
         for m, d in sorted(model.decoders.items(), key=lambda x: x[0].value)
@@ -116,6 +118,7 @@ def captions_fingerprint(model) -> str:
 
 
 def fingerprint_of(what: str, model) -> str:
+    """:func:`encoder_fingerprint` or :func:`captions_fingerprint` of ``model``, for cache ``what``."""
     return encoder_fingerprint(model) if what == "encoder" else captions_fingerprint(model)
 
 
@@ -514,7 +517,11 @@ def open_caches(
     folder gives ``None`` (features computed online).
 
     Args:
+        cfg: the run's :class:`~nextgpt.config.NextGPTConfig`.
+        stage: the training stage (1, 2 or 3).
+        model: the built model whose frozen encoder and decoders the caches must match.
         data_root: the data folder (default ``training.data_dir``); shard ids are relative to it.
+        shard_urls: the stage's shards (default: those under ``data_root``).
 
     Raises:
         ConfigError: a shard without an entry for the stage, changed since it was cached, or cached
@@ -604,6 +611,7 @@ class BuildReport:
     fingerprint: str = ""
 
     def add(self, other: BuildReport) -> None:
+        """Add ``other``'s written and skipped counts to this report's."""
         for name in ("written_shards", "written_samples", "skipped_shards", "skipped_samples"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
@@ -1034,17 +1042,22 @@ def build_cache_report(
     ``<out>/<what>/``; returns a :class:`BuildReport` (its ``path``, counts written / up to date).
 
     Args:
-        preset, overrides: the config whose frozen models run (ignored when ``model`` is given).
+        what: the cache to build, ``"encoder"`` or ``"captions"``.
+        data: the data folder holding the stage's shards.
+        out: the cache root; the cache goes to ``<out>/<what>/``.
+        preset: the preset whose frozen models run (ignored when ``model`` is given).
+        overrides: dotted config overrides for ``preset``.
         stage: the stage whose rendering of the samples is cached (encoder: 1 or 3; captions: 2 or 3).
         model: a built :class:`~nextgpt.NextGPT` to use instead (moved to ``device`` when given).
         batch_size: items per frozen-model call.
         device: where the frozen models run (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; ``"cuda"`` means
             ``cuda:$LOCAL_RANK`` under a launcher that sets it). ``None``: where ``model`` is (a model
             built here: the CPU).
-        rank, world_size: this process's share: shards ``rank, rank + world_size, ...`` of the sorted
-            shard list (default: the ``RANK``/``WORLD_SIZE`` environment variables, else 0 and 1).
-            Rank 0 writes the index when every shard is done (it waits for the others' entries, or
-            meets them at a barrier when a torch.distributed group is initialised).
+        rank: this process's share: shards ``rank, rank + world_size, ...`` of the sorted shard list
+            (pass it with ``world_size``; default: the ``RANK``/``WORLD_SIZE`` environment variables,
+            else 0 and 1). Rank 0 writes the index when every shard is done (it waits for the others'
+            entries, or meets them at a barrier when a torch.distributed group is initialised).
+        world_size: the number of processes sharing the build (pass it with ``rank``).
         num_processes: start this many local worker processes (spawned) that split this process's
             share; with ``device="cuda"`` and several GPUs, worker ``r`` runs on ``cuda:r``.
         progress: show a progress bar.

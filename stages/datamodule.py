@@ -128,6 +128,8 @@ class NextGPTDataModule(L.LightningDataModule):
         return stage_shards(self.data_dir, self.stage, list(self.stage_cfg.datasets))
 
     def setup(self, stage: str | None = None) -> None:
+        """Open the stage's shards as a balanced :class:`~nextgpt.stages.data.ShardDataset`, split over
+        the trainer's ranks when it runs distributed (Lightning's ``stage`` argument is unused)."""
         from nextgpt.stages.data import ShardDataset
 
         urls = self.shards()
@@ -160,6 +162,8 @@ class NextGPTDataModule(L.LightningDataModule):
             return False
 
     def collator(self) -> Collator:
+        """The :class:`Collator` for this stage: its max length, the tokenizer's pad id (else EOS, else
+        0), the feature caches and ``training.overlength``."""
         tok = self.processor.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         return Collator(
@@ -172,6 +176,8 @@ class NextGPTDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self):
+        """The training DataLoader (set up first if needed); on resume it skips the batches the fit loop
+        already completed."""
         if self.dataset is None:
             self.setup()
         loader = DataLoader(

@@ -79,6 +79,7 @@ def build_strategy(
 
 
 def is_sharded(strategy) -> bool:
+    """Whether ``strategy`` shards the model (a ``ModelParallelStrategy``: :class:`NextGPTFSDPStrategy`)."""
     return isinstance(strategy, ModelParallelStrategy)
 
 
@@ -166,16 +167,21 @@ class NextGPTFSDPStrategy(ModelParallelStrategy):
         super().__init__(data_parallel_size="auto", tensor_parallel_size=1, save_distributed_checkpoint=False)
 
     def setup_environment(self) -> None:
+        """Resolve ``data_parallel_size="auto"`` to every process of every node, then set up as Lightning
+        does."""
         if self._data_parallel_size == "auto":  # Lightning's "auto" means one data-parallel group per node
             self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
 
     def lightning_module_state_dict(self) -> dict:
-        # Only what training changes, gathered (all ranks take part): the frozen LLM is not gathered
-        # into every checkpoint.
+        """Only what training changes, gathered (all ranks take part; keys prefixed ``model.``): the
+        frozen LLM is not gathered into every checkpoint."""
         return {f"model.{k}": v for k, v in gathered_trainable_state(self.lightning_module.model).items()}
 
     def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict:
+        """Load a single-file checkpoint without unpickling (``weights_only`` is ignored): its
+        ``state_dict`` is checked against the module before anything loads; the rest (optimiser, loops)
+        comes from Lightning's loader with ``weights_only=True``."""
         from nextgpt.stages.modules import safe_load_checkpoint
 
         path = Path(self.broadcast(checkpoint_path))

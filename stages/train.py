@@ -39,6 +39,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     without unpickling arbitrary objects."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        """Write ``checkpoint`` to ``path`` atomically, keeping the file it replaces as ``previous.ckpt``
+        (``storage_options`` is unused)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -57,6 +59,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
+        """Read the checkpoint at ``path`` without unpickling arbitrary objects (onto the CPU;
+        ``map_location`` and ``weights_only`` are ignored)."""
         from nextgpt.stages.modules import safe_load_checkpoint
 
         return safe_load_checkpoint(path)
@@ -164,6 +168,10 @@ def precision_settings(precision: str, accelerator: str) -> tuple[str | None, li
 def build_trainer(
     cfg: NextGPTConfig, run_dir: Path, *, max_steps: int | None = None, callbacks=(), **kwargs
 ) -> L.Trainer:
+    """The Lightning ``Trainer`` for ``cfg``'s stage, writing into ``run_dir``: its strategy and
+    precision, a CSV logger (and TensorBoard's when installed), a ``last.ckpt`` every
+    ``training.checkpoint_every_n_steps`` steps through :class:`AtomicCheckpointIO`, plus ``callbacks``;
+    ``max_steps`` overrides ``training.max_steps`` and ``kwargs`` go to ``Trainer``."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from nextgpt.stages.parallel import build_strategy

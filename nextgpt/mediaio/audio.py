@@ -152,7 +152,7 @@ def decode_audio_av(
 def _read_soundfile(
     source: os.PathLike | typing.BinaryIO, name: str, max_seconds: float | None, max_samples: int | None
 ) -> tuple[np.ndarray, int]:
-    """soundfile read with the rate and the header's frame and channel counts checked first, reading at
+    """Read with soundfile, with the rate and the header's frame and channel counts checked first, reading at
     most one sample more than ``max_seconds`` allows."""
     import soundfile as sf
 

@@ -149,6 +149,7 @@ class ArrayFrames:
         self.height, self.width = int(frames.shape[1]), int(frames.shape[2])
 
     def get(self, indices: Sequence[int]) -> np.ndarray:
+        """The frames at ``indices``, in that order: uint8 ``[k, H, W, 3]``."""
         return self.frames[list(indices)]  # [k, H, W, 3]
 
 
@@ -172,6 +173,7 @@ class DecordFrames:
         check_rate_and_length(self.name, self.num_frames, self.fps, max_seconds)
 
     def get(self, indices: Sequence[int]) -> np.ndarray:
+        """Decode the frames at ``indices``, in that order: uint8 ``[k, H, W, 3]``."""
         try:
             batch = self._reader.get_batch(list(indices))
             # decord returns its own NDArray, or a torch tensor if some other code set its bridge.
@@ -216,6 +218,8 @@ class GifFrames:
         check_rate_and_length(self.name, self.num_frames, self.fps, max_seconds)
 
     def get(self, indices: Sequence[int]) -> np.ndarray:
+        """Decode up to the last of ``indices`` and return those frames, in that order: uint8
+        ``[k, H, W, 3]``."""
         wanted = set(indices)
         last = max(wanted)
         kept: dict[int, np.ndarray] = {}
@@ -287,6 +291,7 @@ def decode_video(
     ``[T, H, W, 3]`` RGB, fps).
 
     Args:
+        data: the encoded video (bytes) or its path.
         max_frames: keep at most this many frames by taking every k-th frame (the frame rate is divided
             by k, so times stay right); ``None`` keeps every frame.
         first_frame_only: decode one frame (a cheap validity check).
@@ -350,7 +355,7 @@ def read_segments(
     """Frames of each ``[start, end)`` segment of a video file (seconds from its first frame), scaled
     by FFmpeg (area filter) to ``width`` and the even height nearest the aspect ratio, as uint8 RGB
     ``[H, W, 3]`` arrays; and the frame rate. Decoding stops after the last segment; frames outside
-    every segment are decoded but not converted. (Reads trusted files: no size or duration limits.)"""
+    every segment are decoded but not converted. Reads trusted files: no size or duration limits."""
     import av
 
     out: list[list[np.ndarray]] = [[] for _ in segments]

@@ -249,6 +249,7 @@ class ServerCleanup:
         self._lock = threading.RLock()  # a signal handler may run it inside a call in progress
 
     def __call__(self) -> None:
+        """Run the cleanup; later calls do nothing."""
         with self._lock:
             if self.done:
                 return
@@ -345,9 +346,11 @@ def serve(
         host: interface to bind; ``127.0.0.1`` (default) keeps the demo on this machine.
         port: TCP port.
         share: ask Gradio for a public link (needs the internet).
-        max_upload_mb, max_media_seconds: upload limits.
+        max_upload_mb: per-file upload limit.
+        max_media_seconds: audio/video duration limit.
         output_dir: where session files go (default: a temporary folder, removed at exit).
-        session_ttl_s, max_total_mb: idle-session expiry and the disk limit (see :func:`build_app`).
+        session_ttl_s: idle-session expiry (see :func:`build_app`).
+        max_total_mb: size limit of all session folders together (``None``: none; see :func:`build_app`).
         block: wait until interrupted (``False``: return the running app; call
             ``app.nextgpt_cleanup()`` to stop it and remove its files).
     """

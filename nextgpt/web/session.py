@@ -110,6 +110,7 @@ class ChatSession:
 
     @classmethod
     def create(cls, root: str | os.PathLike) -> ChatSession:
+        """A new session with its own new folder under ``root`` (created if missing)."""
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         return cls(Path(tempfile.mkdtemp(prefix="session-", dir=root)))

@@ -102,6 +102,7 @@ class ConvertReport:
 
     @property
     def skipped(self) -> int:
+        """Records not written: missing or unreadable media, or malformed."""
         return self.missing_media + self.unreadable_media + self.malformed
 
     def summary(self) -> str:
@@ -117,6 +118,7 @@ class ConvertReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
+        """Every field, as a JSON-ready dict."""
         return asdict(self)
 
 

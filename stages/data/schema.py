@@ -93,6 +93,7 @@ def safe_key(text: str, max_len: int = 80) -> str:
 
 
 def check_stage(stage: int) -> int:
+    """``stage`` as an int; raise ``ConfigError`` unless it is a training stage (1, 2 or 3)."""
     if stage not in STAGES:
         raise ConfigError(f"unknown training stage {stage!r}; valid: 1, 2, 3")
     return int(stage)
@@ -128,6 +129,7 @@ class DroppedSample:
 
     @property
     def is_padding(self) -> bool:
+        """Whether this is filler (:data:`PADDING`) rather than a sample that could not be used."""
         return self.reason == PADDING
 
 
@@ -194,6 +196,8 @@ class PartSpec:
 
 @dataclass(frozen=True)
 class TurnSpec:
+    """A validated conversation turn: ``"user"`` or ``"assistant"`` and its parts."""
+
     role: str
     parts: tuple[PartSpec, ...]
 
@@ -351,6 +355,9 @@ class PairRecord:
 
 @dataclass
 class RecordTurn:
+    """A turn of a :class:`ConversationRecord`: ``"user"`` or ``"assistant"``, and its text and media
+    parts in order."""
+
     role: str
     parts: list[str | MediaBlob]
 

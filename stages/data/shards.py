@@ -151,6 +151,11 @@ def write_samples(
     (:class:`~.schema.BadSample`) raises ``InputError`` — callers validate their records first.
 
     Args:
+        out_dir: the folder to write to (created if missing).
+        samples: the records to write, in order.
+        prefix: shard file name prefix (letters, digits, ``_`` or ``-``).
+        max_count_per_shard: records per shard at most.
+        max_size_per_shard: a new shard starts once a shard holds this many bytes.
         overwrite: remove existing ``<prefix>-*.tar`` first; otherwise existing shards are an error
             (stale shards of an earlier, longer run would be read as part of the dataset).
         on_written: called with each record and its key after it is written.
@@ -260,7 +265,8 @@ def _open(url: str):
 
 
 def _split_name(name: str) -> tuple[str | None, str | None]:
-    """webdataset's rule: key = path up to the first dot of the base name, field = the rest."""
+    """Split a tar member name by webdataset's rule: key = path up to the first dot of the base name,
+    field = the rest."""
     head, _, base = name.rpartition("/")
     if "." not in base or base.startswith("."):
         return None, None
@@ -359,9 +365,12 @@ class DataStats:
 
     @property
     def bad_fraction(self) -> float:
+        """Bad samples over samples seen (0.0 before any)."""
         return self.bad / self.seen if self.seen else 0.0
 
     def record_bad(self, key: str, reason: str) -> None:
+        """Count one bad sample: keep its key (the first :data:`MAX_BAD_KEYS`) and tally its reason up
+        to the first colon, parenthesis or quote."""
         self.bad += 1
         if len(self.bad_keys) < MAX_BAD_KEYS:
             self.bad_keys.append(key)
