@@ -63,16 +63,17 @@ class GenerationMixin:
         processor: Processor
         decoders: dict[Modality, Decoder]
 
+        # Declarations for the type checker only (documented on NextGPT).
         @property
-        def device(self) -> torch.device: ...
+        def device(self) -> torch.device: ...  # noqa: D102
         @property
-        def output_modalities(self) -> tuple[Modality, ...]: ...
-        def eval(self) -> Any: ...
-        def encode_media(self, slots: Sequence[Sequence[MediaItem]]) -> list[torch.Tensor]: ...
-        def embed_inputs(
+        def output_modalities(self) -> tuple[Modality, ...]: ...  # noqa: D102
+        def eval(self) -> Any: ...  # noqa: D102
+        def encode_media(self, slots: Sequence[Sequence[MediaItem]]) -> list[torch.Tensor]: ...  # noqa: D102
+        def embed_inputs(  # noqa: D102
             self, input_ids: torch.Tensor, media_tokens: Sequence[torch.Tensor]
         ) -> torch.Tensor: ...
-        def project_outputs(self, modality: Modality, states: torch.Tensor) -> torch.Tensor: ...
+        def project_outputs(self, modality: Modality, states: torch.Tensor) -> torch.Tensor: ...  # noqa: D102
 
     @property
     def context_length(self) -> int:
@@ -112,20 +113,25 @@ class GenerationMixin:
                 produced (their signal tokens are suppressed); text is returned only if listed.
             max_new_tokens: text budget, an int in ``[1, context length]`` (the LLM's
                 ``max_position_embeddings``); a signal run started at the limit is still completed.
-            do_sample, temperature, top_p: sampling; greedy when ``do_sample`` is False or
-                ``temperature`` is 0. ``temperature``: 0 or a finite normal float > 0 (negative,
-                NaN, inf and subnormal values are refused); ``top_p`` in ``(0, 1]``.
+            do_sample: sample the text (a bool); greedy when False or when ``temperature`` is 0.
+            temperature: 0 or a finite normal float > 0 (negative, NaN, inf and subnormal values
+                are refused).
+            top_p: nucleus sampling mass, in ``(0, 1]``.
             stop: strings that end the answer (not returned), besides EOS and the template's own
                 (``vicuna_v0``: ``###``, as the legacy code stops): a list of non-empty str, or one
                 str (a single stop string, not a set of characters).
             seed: makes sampling and diffusion reproducible; an int in ``[0, 2**64 - 1]`` (media
                 item ``i`` of the call uses ``seed + i``, wrapping inside that range).
-            num_inference_steps, guidance_scale, height, width, num_frames, audio_length_in_s:
-                decoder options (defaults from each decoder's config): steps in ``[1, 500]``,
-                guidance in ``[0, 100]``, height/width multiples of 8 in ``[8, 2048]``, frames in
-                ``[1, 256]``, audio length in ``[0.05, 60]`` seconds.
+            num_inference_steps: denoising steps of each decoder, in ``[1, 500]``. This and the
+                decoder options below default to each decoder's config; a decoder ignores the
+                options it does not take (``Decoder.OPTIONS``).
+            guidance_scale: classifier-free guidance, in ``[0, 100]``.
+            height: image/video height, a multiple of 8 in ``[8, 2048]``.
+            width: image/video width, a multiple of 8 in ``[8, 2048]``.
+            num_frames: video frames, in ``[1, 256]``.
+            audio_length_in_s: audio length in seconds, in ``[0.05, 60]``.
             progress: ``False`` (default): no reports; ``True``: log each diffusion step at INFO on
-                this module's logger (``"<modality> diffusion step <k>/<n>"``); a callable:
+                the ``nextgpt.model`` logger (``"<modality> diffusion step <k>/<n>"``); a callable:
                 ``progress(event)`` with a :class:`~nextgpt.outputs.ProgressEvent` when the LLM
                 starts (``"text"``), when each media item starts decoding (``"decode"``) and after
                 each of its diffusion steps (``"step"``), as diffusers' ``callback_on_step_end``;

@@ -105,6 +105,7 @@ class NextGPT(GenerationMixin, nn.Module):
 
     @classmethod
     def from_config(cls, config: NextGPTConfig, *, device: str | torch.device = "cpu") -> NextGPT:
+        """Build the model a config describes (the same as ``NextGPT(config)``)."""
         return cls(config, device=device)
 
     @classmethod
@@ -118,6 +119,7 @@ class NextGPT(GenerationMixin, nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """Where the model's trainable tensors are (the LLM's added token rows)."""
         return self.llm.new_embeddings.device
 
     def _apply(self, fn, recurse: bool = True):
@@ -135,6 +137,7 @@ class NextGPT(GenerationMixin, nn.Module):
 
     @property
     def output_modalities(self) -> tuple[Modality, ...]:
+        """The media modalities this model can produce (one output projector and decoder each)."""
         return tuple(self.config.model.outputs)
 
     # ------------------------------------------------------------------ input side
@@ -274,7 +277,9 @@ class NextGPT(GenerationMixin, nn.Module):
         """The NExT-GPT training losses for one batch.
 
         Args:
-            input_ids, attention_mask, labels: ``[B, L]`` (labels ``-100`` where no loss is taken).
+            input_ids: token ids ``[B, L]``.
+            attention_mask: ``[B, L]``, 1 on real tokens.
+            labels: ``[B, L]``, ``-100`` where no loss is taken.
             media_tokens: projected input-media tokens per slot ``[T, H]``, in placeholder order.
             targets: per row, one :class:`SignalTarget` per signal run, in order, of the run's
                 modality: its ``cond`` is the decoder conditioning the run must match (``[Q, C]``,
@@ -284,7 +289,9 @@ class NextGPT(GenerationMixin, nn.Module):
                 frozen UNet (paper; ``None``: none on the run). ``None`` skips both altogether
                 (stage 1).
             alignment_weights: per-modality weight (default 1.0; upstream stage 3 uses 2.0 for video).
+            lm_weight: scales the language-modelling loss.
             denoise_weight: scales the denoising loss.
+            generator: the random stream of the denoising loss's noise and timesteps.
             input_idle: the zero scalar of :meth:`project_inputs` (training), added to the loss so
                 that the idle projector calls are part of the graph.
 

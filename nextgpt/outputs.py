@@ -78,6 +78,7 @@ class GenerationOutput:
 
     @property
     def images(self) -> list:
+        """The generated images (PIL), in signal-run order."""
         return self.media[Modality.IMAGE]
 
     @images.setter
@@ -86,6 +87,7 @@ class GenerationOutput:
 
     @property
     def audios(self) -> list[np.ndarray]:
+        """The generated sounds, float32 mono waveforms at :attr:`audio_sample_rate`."""
         return self.media[Modality.AUDIO]
 
     @audios.setter
@@ -94,6 +96,7 @@ class GenerationOutput:
 
     @property
     def videos(self) -> list[np.ndarray]:
+        """The generated videos, uint8 ``[T, H, W, 3]`` frames at :attr:`video_fps`."""
         return self.media[Modality.VIDEO]
 
     @videos.setter
@@ -102,6 +105,7 @@ class GenerationOutput:
 
     @property
     def audio_sample_rate(self) -> int | None:
+        """The sample rate of :attr:`audios` in Hz (``None`` without audio)."""
         rate = self.rates.get(Modality.AUDIO)
         return None if rate is None else int(rate)
 
@@ -111,6 +115,7 @@ class GenerationOutput:
 
     @property
     def video_fps(self) -> float | None:
+        """The frame rate of :attr:`videos` (``None`` without video)."""
         return self.rates.get(Modality.VIDEO)
 
     @video_fps.setter
