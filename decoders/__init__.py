@@ -2,9 +2,11 @@
 
 :class:`Decoder` is the interface (conditioning shape, captions -> conditioning, conditioning ->
 media, denoising loss); :class:`StableDiffusionDecoder` (image), :class:`AudioLDMDecoder` (audio)
-and :class:`ZeroscopeDecoder` (video) wrap the diffusers pipelines NExT-GPT uses;
-:func:`build_decoder` makes one from a ``DecoderConfig``. Importing this package does not import
-diffusers: that happens when a pipeline is first built.
+and :class:`ZeroscopeDecoder` (video) wrap the diffusers pipelines NExT-GPT uses. Each implements
+one decoder kind and is built from that kind's config node (its ``config_class``, a
+:class:`~nextgpt.config.DecoderConfig` subclass holding the kind's defaults and rules), from which
+it reads every setting; :func:`build_decoder` picks the class by the node's ``kind``. Importing
+this package does not import diffusers: that happens when a pipeline is first built.
 """
 
 from nextgpt.decoders.audioldm import AudioLDMDecoder

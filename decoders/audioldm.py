@@ -13,65 +13,36 @@ Reference: Liu et al., "AudioLDM: Text-to-Audio Generation with Latent Diffusion
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nextgpt.config import AudioLDMDecoderConfig
 from nextgpt.decoders.base import Decoder, ProgressCallback, check_captions, warn_truncated
 from nextgpt.decoders.tiny import tiny_audioldm_components
 from nextgpt.dtypes import no_autocast
 from nextgpt.errors import ConfigError, InputError
-from nextgpt.modality import Modality
-
-if TYPE_CHECKING:
-    from nextgpt.config import DecoderConfig
 
 __all__ = ["AudioLDMDecoder"]
 
 
 class AudioLDMDecoder(Decoder):
-    """Audio decoder over ``AudioLDMPipeline``.
+    """Audio decoder over ``AudioLDMPipeline``, built from a
+    :class:`~nextgpt.config.AudioLDMDecoderConfig` (``cond_tokens`` is 1: one CLAP embedding per
+    clip; ``audio_length_in_s``: the default clip length; ``sample_rate``: the vocoder's, checked
+    against the loaded vocoder; the other arguments are :class:`~nextgpt.decoders.base.Decoder`'s)."""
 
-    Args:
-        cond_tokens: must be 1 (AudioLDM takes one embedding per clip).
-        cond_dim: CLAP projection width (512).
-        audio_length_in_s: default clip length in seconds (NExT-GPT demo: 9 s).
-        sample_rate: the vocoder's sampling rate (16 kHz); checked against the loaded vocoder.
-        **kwargs: the common :class:`~nextgpt.decoders.base.Decoder` arguments.
-    """
-
-    kind = "audioldm"
-    modality = Modality.AUDIO
+    config_class = AudioLDMDecoderConfig
+    config: AudioLDMDecoderConfig
     expected_weights = "unet, vae, text_encoder (CLAP), tokenizer, vocoder, scheduler; e.g. audioldm-l-full"
     OPTIONS = ("num_inference_steps", "guidance_scale", "audio_length_in_s")
-
-    def __init__(
-        self,
-        *,
-        cond_tokens: int = 1,
-        cond_dim: int = 512,
-        audio_length_in_s: float = 9.0,
-        sample_rate: int = 16000,
-        **kwargs: Any,
-    ) -> None:
-        if int(cond_tokens) != 1:
-            raise ConfigError(
-                f"audioldm decoder: cond_tokens must be 1 (one CLAP embedding per clip), got {cond_tokens}"
-            )
-        super().__init__(cond_tokens=cond_tokens, cond_dim=cond_dim, **kwargs)
-        self.audio_length_in_s = float(audio_length_in_s)
-        self.sample_rate = int(sample_rate)
 
     @property
     def media_rate(self) -> float | None:
         """The vocoder's sampling rate in Hz."""
         return self.sample_rate
-
-    @classmethod
-    def _media_kwargs(cls, cfg: DecoderConfig) -> dict[str, Any]:
-        return {"audio_length_in_s": cfg.audio_length_in_s, "sample_rate": cfg.sample_rate}
 
     @classmethod
     def pipeline_class(cls) -> type:

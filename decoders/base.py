@@ -36,17 +36,15 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from nextgpt.config import DecoderConfig
 from nextgpt.dtypes import no_autocast, torch_dtype
 from nextgpt.errors import CheckpointError, ConfigError, InputError
 from nextgpt.modality import Modality
-
-if TYPE_CHECKING:
-    from nextgpt.config import DecoderConfig
 
 __all__ = [
     "ClipTextDecoder",
@@ -73,27 +71,37 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def _config_value(name: str) -> property:
+    """A read-only attribute: the decoder config's field ``name``."""
+    return property(lambda self: getattr(self.config, name), doc=f"``config.{name}`` (read-only).")
+
+
 class Decoder(abc.ABC):
     """A frozen diffusion pipeline behind nextgpt's decoder interface (see the module docstring).
 
+    Every setting is read from the decoder's config node (``config``, its kind's
+    :class:`~nextgpt.config.DecoderConfig`, where the defaults and rules live): the common ones
+    (:attr:`cond_tokens`, :attr:`cond_dim`, :attr:`path`, ...) and the kind's media-shape fields
+    (``height``, ``sample_rate``, ...), which every subclass exposes as read-only attributes of the
+    same names. What is not configuration is given here.
+
     Args:
-        cond_tokens: conditioning tokens per item (SD 1.5 / Zeroscope: 77, AudioLDM: 1).
-        cond_dim: conditioning width (SD 1.5: 768, Zeroscope: 1024, AudioLDM: 512).
-        path: a local diffusers-format pipeline directory (``${env:NAME}`` / ``${pkg:..}`` / ``~``
-            allowed, expanded at load time); ``None`` builds random tiny components.
-        dtype: weights and conditioning dtype (``"float32"``, ``"float16"``, ``"bfloat16"``).
+        config: the decoder's config; of this class's :attr:`config_class`.
         device: where the pipeline runs; default: CUDA when available, else CPU.
-        cpu_offload: use ``enable_model_cpu_offload()`` (needs CUDA; otherwise logged and ignored).
-        num_inference_steps: default denoising steps of :meth:`generate`.
-        guidance_scale: default classifier-free guidance scale of :meth:`generate`.
-        seed: seed of the random tiny components (only with ``path=None``).
+        seed: seed of the random tiny components (only with ``config.path=None``).
         progress_bar: show diffusers' tqdm progress bar while generating.
         load_kwargs: extra keyword arguments for the pipeline's ``from_pretrained`` (e.g.
             ``{"safety_checker": None}``).
         config_key: the config key of ``path``, used in error messages.
+
+    Raises:
+        ConfigError: ``config`` is not of this class's kind.
     """
 
-    #: The decoder kind (registry key and ``DecoderConfig.kind``).
+    #: The config class of the kind this decoder implements; :attr:`kind`, :attr:`modality` and the
+    #: media-shape attributes come from it.
+    config_class: ClassVar[type[DecoderConfig]]
+    #: The decoder kind (registry key and ``config.kind``).
     kind: ClassVar[str]
     #: The media modality the decoder produces.
     modality: ClassVar[Modality]
@@ -105,38 +113,43 @@ class Decoder(abc.ABC):
     #: option to ``generate`` adds it here.
     OPTIONS: ClassVar[tuple[str, ...]] = ("num_inference_steps", "guidance_scale")
 
+    cond_tokens = _config_value("cond_tokens")
+    cond_dim = _config_value("cond_dim")
+    path = _config_value("path")
+    cpu_offload = _config_value("cpu_offload")
+    num_inference_steps = _config_value("num_inference_steps")
+    guidance_scale = _config_value("guidance_scale")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        config_class = cls.__dict__.get("config_class")
+        if config_class is None:  # an intermediate base (ClipTextDecoder)
+            return
+        cls.kind = config_class.kind
+        cls.modality = config_class.modality
+        for name in config_class.media_fields():  # height, sample_rate, ...: read from the config
+            if name not in cls.__dict__:
+                setattr(cls, name, _config_value(name))
+
     def __init__(
         self,
+        config: DecoderConfig,
         *,
-        cond_tokens: int,
-        cond_dim: int,
-        path: str | os.PathLike | None = None,
-        dtype: str | torch.dtype = "float32",
         device: str | torch.device | None = None,
-        cpu_offload: bool = False,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
         seed: int = 0,
         progress_bar: bool = False,
         load_kwargs: dict[str, Any] | None = None,
         config_key: str | None = None,
     ) -> None:
-        if int(cond_tokens) <= 0 or int(cond_dim) <= 0:
+        if not isinstance(config, self.config_class):
             raise ConfigError(
-                f"{self.kind} decoder: cond_tokens and cond_dim must be positive, got {cond_tokens}, {cond_dim}"
+                f"{type(self).__name__} builds {self.kind!r} decoders, got a config of kind "
+                f"{getattr(config, 'kind', None)!r}"
             )
-        if int(num_inference_steps) <= 0:
-            raise ConfigError(
-                f"{self.kind} decoder: num_inference_steps must be positive, got {num_inference_steps}"
-            )
-        self.cond_tokens = int(cond_tokens)
-        self.cond_dim = int(cond_dim)
-        self.path = None if path is None else os.fspath(path)
-        self.dtype = resolve_dtype(dtype)
+        self.config = config
+        # Runtime state: the dtype starts as the config's; both change with to().
+        self.dtype = resolve_dtype(config.dtype)
         self.device = torch.device(device) if device is not None else default_device()
-        self.cpu_offload = bool(cpu_offload)
-        self.num_inference_steps = int(num_inference_steps)
-        self.guidance_scale = float(guidance_scale)
         self.seed = int(seed)
         self.progress_bar = bool(progress_bar)
         self.load_kwargs = dict(load_kwargs or {})
@@ -153,34 +166,14 @@ class Decoder(abc.ABC):
     def from_config(
         cls, cfg: DecoderConfig, *, device: str | torch.device | None = None, seed: int = 0
     ) -> Decoder:
-        """Build the decoder a :class:`~nextgpt.config.DecoderConfig` describes (nothing is loaded yet).
+        """The decoder ``cfg`` describes (nothing is loaded yet): ``cls(cfg, device=device, seed=seed)``.
 
         Args:
-            cfg: the decoder config; ``cfg.kind`` must be this class's kind.
+            cfg: the decoder config; of this class's :attr:`config_class`.
             device: where to run; default CUDA when available, else CPU.
             seed: seed of the random tiny components when ``cfg.path`` is None.
         """
-        if cfg.kind != cls.kind:
-            raise ConfigError(
-                f"{cls.__name__} builds {cls.kind!r} decoders, got a config of kind {cfg.kind!r}"
-            )
-        return cls(
-            cond_tokens=cfg.cond_tokens,
-            cond_dim=cfg.cond_dim,
-            path=cfg.path,
-            dtype=cfg.dtype,
-            device=device,
-            cpu_offload=cfg.cpu_offload,
-            num_inference_steps=cfg.num_inference_steps,
-            guidance_scale=cfg.guidance_scale,
-            seed=seed,
-            **cls._media_kwargs(cfg),
-        )
-
-    @classmethod
-    @abc.abstractmethod
-    def _media_kwargs(cls, cfg: DecoderConfig) -> dict[str, Any]:
-        """The constructor's media-shape arguments taken from ``cfg``."""
+        return cls(cfg, device=device, seed=seed)
 
     # ------------------------------------------------------------------------------------------
     # Shape and description

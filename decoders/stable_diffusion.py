@@ -16,14 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from nextgpt.config import StableDiffusionDecoderConfig
 from nextgpt.decoders.base import ClipTextDecoder, ProgressCallback
 from nextgpt.decoders.tiny import tiny_stable_diffusion_components
-from nextgpt.modality import Modality
 
 if TYPE_CHECKING:
     import PIL.Image
-
-    from nextgpt.config import DecoderConfig
 
 __all__ = ["StableDiffusionDecoder"]
 
@@ -31,36 +29,14 @@ logger = logging.getLogger(__name__)
 
 
 class StableDiffusionDecoder(ClipTextDecoder):
-    """Image decoder over ``StableDiffusionPipeline``.
+    """Image decoder over ``StableDiffusionPipeline``, built from a
+    :class:`~nextgpt.config.StableDiffusionDecoderConfig` (``height``, ``width``: the default image
+    size; the other arguments are :class:`~nextgpt.decoders.base.Decoder`'s)."""
 
-    Args:
-        cond_tokens, cond_dim: conditioning shape (SD 1.5: 77 x 768).
-        height, width: default image size in pixels (multiples of 8).
-        **kwargs: the common :class:`~nextgpt.decoders.base.Decoder` arguments (path, dtype, device,
-            cpu_offload, num_inference_steps, guidance_scale, seed, ...).
-    """
-
-    kind = "stable_diffusion"
-    modality = Modality.IMAGE
+    config_class = StableDiffusionDecoderConfig
+    config: StableDiffusionDecoderConfig
     expected_weights = "unet, vae, text_encoder, tokenizer, scheduler; e.g. Stable Diffusion 1.5"
     OPTIONS = ("num_inference_steps", "guidance_scale", "height", "width")
-
-    def __init__(
-        self,
-        *,
-        cond_tokens: int = 77,
-        cond_dim: int = 768,
-        height: int = 512,
-        width: int = 512,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(cond_tokens=cond_tokens, cond_dim=cond_dim, **kwargs)
-        self.height = int(height)
-        self.width = int(width)
-
-    @classmethod
-    def _media_kwargs(cls, cfg: DecoderConfig) -> dict[str, Any]:
-        return {"height": cfg.height, "width": cfg.width}
 
     @classmethod
     def pipeline_class(cls) -> type:

@@ -11,64 +11,35 @@ Reference: Wang et al., "ModelScope Text-to-Video Technical Report" (2023); diff
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from nextgpt.config import ZeroscopeDecoderConfig
 from nextgpt.decoders.base import ClipTextDecoder, ProgressCallback
 from nextgpt.decoders.tiny import tiny_zeroscope_components
-from nextgpt.modality import Modality
-
-if TYPE_CHECKING:
-    from nextgpt.config import DecoderConfig
 
 __all__ = ["ZeroscopeDecoder"]
 
 
 class ZeroscopeDecoder(ClipTextDecoder):
-    """Video decoder over ``TextToVideoSDPipeline``.
+    """Video decoder over ``TextToVideoSDPipeline``, built from a
+    :class:`~nextgpt.config.ZeroscopeDecoderConfig` (``height``, ``width``, ``num_frames``: the
+    default clip shape; ``fps``: the rate the videos are played and exported at; the other arguments
+    are :class:`~nextgpt.decoders.base.Decoder`'s)."""
 
-    Args:
-        cond_tokens, cond_dim: conditioning shape (Zeroscope v2: 77 x 1024).
-        height, width: default frame size (multiples of 8; Zeroscope v2 576w: 320 x 576).
-        num_frames: default number of frames (24 in the NExT-GPT demo).
-        fps: frame rate the videos are meant to be played (and exported) at.
-        **kwargs: the common :class:`~nextgpt.decoders.base.Decoder` arguments.
-    """
-
-    kind = "zeroscope"
-    modality = Modality.VIDEO
+    config_class = ZeroscopeDecoderConfig
+    config: ZeroscopeDecoderConfig
     expected_weights = (
         "unet (UNet3DConditionModel), vae, text_encoder, tokenizer, scheduler; e.g. zeroscope_v2_576w"
     )
     OPTIONS = ("num_inference_steps", "guidance_scale", "height", "width", "num_frames")
 
-    def __init__(
-        self,
-        *,
-        cond_tokens: int = 77,
-        cond_dim: int = 1024,
-        height: int = 320,
-        width: int = 576,
-        num_frames: int = 24,
-        fps: int = 8,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(cond_tokens=cond_tokens, cond_dim=cond_dim, **kwargs)
-        self.height = int(height)
-        self.width = int(width)
-        self.num_frames = int(num_frames)
-        self.fps = int(fps)
-
     @property
     def media_rate(self) -> float | None:
         """The frame rate of the videos."""
         return self.fps
-
-    @classmethod
-    def _media_kwargs(cls, cfg: DecoderConfig) -> dict[str, Any]:
-        return {"height": cfg.height, "width": cfg.width, "num_frames": cfg.num_frames, "fps": cfg.fps}
 
     @classmethod
     def pipeline_class(cls) -> type:

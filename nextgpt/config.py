@@ -9,7 +9,8 @@ One dependency-light dataclass tree describes a whole model and how to train it:
         input_projector: InputProjectorConfig   linear (legacy) or grouping (2024 design)
         llm: LLMConfig (+ lora: LoRAConfig)     a LLaMA-family causal LM
         outputs: {Modality: OutputConfig}       per media modality: signal tokens, output
-                                                projector, frozen diffusion decoder
+                                                projector, frozen diffusion decoder (one
+                                                DecoderConfig class per decoder kind)
       training: TrainingConfig (+ stages: {1|2|3: StageConfig})
 
 This module only declares: the value vocabularies, the dataclasses with their documented fields,
@@ -21,7 +22,8 @@ model and training halves share the media-modality checks (``_media_keyed``), so
 trade length for cross-imports.
 
 Components are chosen by ``kind`` strings that other packages resolve through explicit registries
-(never class paths in YAML). Values are type-checked against the annotations when a node is built
+(never class paths in YAML); a decoder's ``kind`` also selects its config class (a tagged union), so
+each kind's fields, defaults and rules are declared once, in that class. Values are type-checked against the annotations when a node is built
 (from YAML, a dict, overrides or Python), and derived values are computed in ``_validate``: the
 input projector's ``in_dim``/``out_dim`` come from the encoder and the LLM, an output projector's
 ``out_dim`` from its decoder's ``cond_dim`` and its ``num_queries`` default from ``cond_tokens``.
@@ -44,9 +46,9 @@ import importlib.resources
 import os
 import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -68,6 +70,8 @@ from nextgpt.errors import ConfigError
 from nextgpt.modality import MEDIA_MODALITIES, Modality
 
 __all__ = [
+    "AnyDecoderConfig",
+    "AudioLDMDecoderConfig",
     "DecoderConfig",
     "EncoderConfig",
     "GroupingConfig",
@@ -78,9 +82,11 @@ __all__ = [
     "NextGPTConfig",
     "OutputConfig",
     "OutputProjectorConfig",
+    "StableDiffusionDecoderConfig",
     "StageConfig",
     "TrainingConfig",
     "TrunkConfig",
+    "ZeroscopeDecoderConfig",
     "list_presets",
     "resolve_path",
 ]
@@ -99,7 +105,6 @@ LLMKind = Literal["llama", "qwen2", "mistral", "gemma", "auto"]
 Template = Literal["vicuna_v1", "vicuna_v0", "chat_template", "auto"]
 TrainableEmbeddings = Literal["new_rows", "full"]
 OutputProjectorKind = Literal["transformer"]
-DecoderKind = Literal["stable_diffusion", "audioldm", "zeroscope"]
 Optimizer = Literal["adam", "adamw"]
 Schedule = Literal["linear", "cosine", "constant"]
 Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
@@ -110,23 +115,6 @@ Overlength = Literal["truncate", "skip"]
 
 #: The ImageBind trunks, in the order of the upstream model.
 TRUNK_NAMES: tuple[str, ...] = ("vision", "text", "audio", "depth", "thermal", "imu")
-
-#: The media modality each decoder kind produces.
-DECODER_MODALITY: dict[str, Modality] = {
-    "stable_diffusion": Modality.IMAGE,
-    "audioldm": Modality.AUDIO,
-    "zeroscope": Modality.VIDEO,
-}
-
-# Media-shape fields of DecoderConfig that each decoder kind uses, with their defaults
-# (REFERENCE 1.2, legacy demo: SD 1.5 at 512x512; Zeroscope 320x576, 24 frames, 8 fps; AudioLDM 9 s
-# at 16 kHz).
-_DECODER_MEDIA_DEFAULTS: dict[str, dict[str, Any]] = {
-    "stable_diffusion": {"height": 512, "width": 512},
-    "zeroscope": {"height": 320, "width": 576, "num_frames": 24, "fps": 8},
-    "audioldm": {"audio_length_in_s": 9.0, "sample_rate": 16000},
-}
-_DECODER_MEDIA_FIELDS = ("height", "width", "num_frames", "fps", "audio_length_in_s", "sample_rate")
 
 # What each environment variable and package of the presets is, for resolve_path's error messages.
 _ENV_HINTS: dict[str, str] = {
@@ -475,14 +463,19 @@ class OutputProjectorConfig(Node):
 
 @dataclass(kw_only=True)
 class DecoderConfig(Node):
-    """A frozen diffusion decoder conditioned on ``[cond_tokens, cond_dim]`` prompt embeddings.
+    """What every frozen diffusion decoder has: conditioning ``[cond_tokens, cond_dim]``, weights, steps.
 
-    Media-shape fields are used only by the kinds they apply to (image: height, width; video:
-    height, width, num_frames, fps; audio: audio_length_in_s, sample_rate); left null, they take the
-    kind's default; set for a kind that does not use them, they are an error.
+    The base of the per-kind decoder configs (:class:`StableDiffusionDecoderConfig`,
+    :class:`AudioLDMDecoderConfig`, :class:`ZeroscopeDecoderConfig`): each adds its media-shape
+    fields with their defaults and rules and names the modality it produces; ``kind`` selects one
+    (:data:`AnyDecoderConfig`, what ``OutputConfig.decoder`` holds). A decoder of
+    :mod:`nextgpt.decoders` is built from its kind's node and reads every value from it.
+    ``DecoderConfig.from_dict`` builds the kind ``data["kind"]`` names; the base itself is not
+    built.
     """
 
-    kind: DecoderKind
+    #: The decoder kind (each per-kind class fixes it).
+    kind: str
     #: Conditioning tokens the decoder takes (SD 1.5: 77, AudioLDM: 1, Zeroscope: 77).
     cond_tokens: int
     #: Conditioning width (SD 1.5 CLIP-L: 768, AudioLDM CLAP: 512, Zeroscope OpenCLIP-H: 1024).
@@ -490,47 +483,125 @@ class DecoderConfig(Node):
     #: Local diffusers directory (``${env:..}`` allowed); None = random tiny components (tests).
     path: str | None = field(default=None, metadata=PATH_METADATA)
     dtype: Dtype = "float32"
+    #: ``enable_model_cpu_offload()`` (CUDA only; elsewhere logged and ignored).
     cpu_offload: bool = False
+    #: Default denoising steps of ``generate``.
     num_inference_steps: int = 50
+    #: Default classifier-free guidance scale of ``generate``.
     guidance_scale: float = 7.5
-    height: int | None = None
-    width: int | None = None
-    num_frames: int | None = None
-    fps: int | None = None
-    audio_length_in_s: float | None = None
-    sample_rate: int | None = None
+
+    #: The media modality the kind produces.
+    modality: ClassVar[Modality]
+
+    def __post_init__(self) -> None:
+        if type(self) is DecoderConfig:
+            raise TypeError(
+                "DecoderConfig is the base of the per-kind decoder configs; build one of "
+                f"{choices(c.__name__ for c in DECODER_CONFIGS.values())} (or DecoderConfig.from_dict)"
+            )
+        super().__post_init__()
 
     def _validate(self) -> None:
         positive(self, "cond_tokens", "cond_dim", "num_inference_steps")
         check(self.guidance_scale >= 0, "guidance_scale", f"must be >= 0, got {self.guidance_scale}")
-        used = _DECODER_MEDIA_DEFAULTS[self.kind]
-        for name in _DECODER_MEDIA_FIELDS:
-            value = getattr(self, name)
-            if name in used:
-                if value is None:
-                    setattr(self, name, used[name])
-                else:
-                    positive(self, name)
-            elif value is not None:
-                raise error(
-                    name, f"is not used by {self.kind} decoders (they use: {choices(used)}); remove it"
-                )
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if value is not None:
-                check(value % 8 == 0, name, f"must be a multiple of 8, got {value}")
 
-    def to_dict(self) -> dict[str, Any]:
-        data = super().to_dict()
-        for name in _DECODER_MEDIA_FIELDS:
-            if data[name] is None:  # not used by this kind
-                del data[name]
-        return data
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        """Build from plain data; on the base class, the per-kind config ``data["kind"]`` names."""
+        if cls is DecoderConfig:
+            return config_engine.coerce(data, AnyDecoderConfig, "")
+        return build(cls, data, "")
 
-    @property
-    def modality(self) -> Modality:
-        """The media modality this decoder produces."""
-        return DECODER_MODALITY[self.kind]
+    @classmethod
+    def media_fields(cls) -> tuple[str, ...]:
+        """The kind's own fields (its media shape), after the common ones."""
+        common = {f.name for f in fields(DecoderConfig)}
+        return tuple(f.name for f in config_engine.init_fields(cls) if f.name not in common)
+
+    def media(self) -> dict[str, Any]:
+        """The kind's media-shape values by name (e.g. ``{"height": 512, "width": 512}``)."""
+        return {name: getattr(self, name) for name in self.media_fields()}
+
+
+def _multiple_of_8(node: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(node, name)
+        check(value % 8 == 0, name, f"must be a multiple of 8, got {value}")
+
+
+# Defaults: REFERENCE 1.2, the legacy demo (SD 1.5 at 512x512; AudioLDM 9 s at 16 kHz; Zeroscope
+# 320x576, 24 frames, 8 fps).
+
+
+@dataclass(kw_only=True)
+class StableDiffusionDecoderConfig(DecoderConfig):
+    """Stable Diffusion (1.5 in NExT-GPT): images, conditioned on CLIP-L ``[77, 768]``."""
+
+    kind: Literal["stable_diffusion"] = "stable_diffusion"
+    #: Default image size in pixels (multiples of 8).
+    height: int = 512
+    width: int = 512
+
+    modality: ClassVar[Modality] = Modality.IMAGE
+
+    def _validate(self) -> None:
+        super()._validate()
+        positive(self, "height", "width")
+        _multiple_of_8(self, "height", "width")
+
+
+@dataclass(kw_only=True)
+class AudioLDMDecoderConfig(DecoderConfig):
+    """AudioLDM (l-full in NExT-GPT): audio, conditioned on one CLAP embedding ``[1, 512]``."""
+
+    kind: Literal["audioldm"] = "audioldm"
+    #: Default clip length in seconds.
+    audio_length_in_s: float = 9.0
+    #: The vocoder's sampling rate in Hz (checked against the loaded vocoder).
+    sample_rate: int = 16000
+
+    modality: ClassVar[Modality] = Modality.AUDIO
+
+    def _validate(self) -> None:
+        super()._validate()
+        check(
+            self.cond_tokens == 1,
+            "cond_tokens",
+            f"must be 1 (AudioLDM takes one CLAP embedding per clip), got {self.cond_tokens}",
+        )
+        positive(self, "audio_length_in_s", "sample_rate")
+
+
+@dataclass(kw_only=True)
+class ZeroscopeDecoderConfig(DecoderConfig):
+    """Zeroscope (v2 576w in NExT-GPT): videos, conditioned on OpenCLIP-H ``[77, 1024]``."""
+
+    kind: Literal["zeroscope"] = "zeroscope"
+    #: Default frame size in pixels (multiples of 8).
+    height: int = 320
+    width: int = 576
+    #: Default number of frames.
+    num_frames: int = 24
+    #: The frame rate the videos are played (and exported) at.
+    fps: int = 8
+
+    modality: ClassVar[Modality] = Modality.VIDEO
+
+    def _validate(self) -> None:
+        super()._validate()
+        positive(self, "height", "width", "num_frames", "fps")
+        _multiple_of_8(self, "height", "width")
+
+
+#: The decoder configs by kind, as ``OutputConfig.decoder`` takes them: a tagged union on ``kind``
+#: (a new kind is a DecoderConfig subclass added here and registered in ``nextgpt.decoders``).
+AnyDecoderConfig = StableDiffusionDecoderConfig | AudioLDMDecoderConfig | ZeroscopeDecoderConfig
+
+#: Decoder kind -> its config class, in the union's order.
+DECODER_CONFIGS: dict[str, type[DecoderConfig]] = {c.kind: c for c in typing.get_args(AnyDecoderConfig)}
+
+#: The media modality each decoder kind produces.
+DECODER_MODALITY: dict[str, Modality] = {kind: c.modality for kind, c in DECODER_CONFIGS.items()}
 
 
 @dataclass(kw_only=True)
@@ -540,7 +611,9 @@ class OutputConfig(Node):
     #: Signal tokens ``[IMG0]..`` the LLM emits for this modality (image 4, audio 8, video 24).
     num_signal_tokens: int
     projector: OutputProjectorConfig = field(default_factory=OutputProjectorConfig)
-    decoder: DecoderConfig
+    #: The decoder, by ``kind``: :class:`StableDiffusionDecoderConfig`, :class:`AudioLDMDecoderConfig`
+    #: or :class:`ZeroscopeDecoderConfig`.
+    decoder: AnyDecoderConfig
 
     def _validate(self) -> None:
         positive(self, "num_signal_tokens")

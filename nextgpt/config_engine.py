@@ -10,6 +10,10 @@ It knows nothing of nextgpt's config classes; a config tree is a set of dataclas
   :class:`~enum.Enum` keys (an enum with a ``parse`` classmethod uses it, e.g. for
   case-insensitive names), nested :class:`Node` dataclasses and ``Any``. Any other annotation is a
   bug in the declaring module and raises :class:`TypeError`.
+* **Tagged unions** (:func:`tagged_union`): a union of node classes that each declare the same
+  field as a one-value ``Literal`` (``kind: Literal["oak"] = "oak"``) is built as the class that
+  field's value names; an unknown value lists the valid ones, and a key of another class of the
+  union is reported as not used by this one. Dotted overrides go into the class the data's tag names.
 * **Errors that name the dotted key** (``model.llm.lora.r``, ``depths[1]``): every
   :class:`~nextgpt.errors.ConfigError` made by :func:`error` carries ``key`` and ``detail``
   attributes; a node raises with keys relative to itself and :func:`build` prefixes them on the
@@ -35,7 +39,7 @@ its errors are multi-line (``Key 'lorra' not in 'LLMConfig'. Did you mean: 'lora
 unset) on conversion, whereas nextgpt keeps them verbatim until a path is actually used, so that a
 7B preset loads and round-trips on a machine without those weights. Keeping the existing messages
 would mean translating every OmegaConf exception and re-checking the values ourselves, i.e. keeping
-most of this module plus a new dependency; the engine is about 450 lines of code (standard library
+most of this module plus a new dependency; the engine is about 510 lines of code (standard library
 and PyYAML), and one file of that size on purpose: its parts call each other (coercion builds nodes,
 overrides coerce keys, nodes check their path references), so a split would only add imports.
 """
@@ -90,6 +94,7 @@ __all__ = [
     "set_dotted",
     "show",
     "strip_optional",
+    "tagged_union",
     "unknown_key",
 ]
 
@@ -181,7 +186,7 @@ def describe(tp: Any) -> str:
     if tp is type(None):
         return "null"
     if is_union(tp):
-        return " or ".join(describe(a) for a in args)
+        return " or ".join(dict.fromkeys(describe(a) for a in args))  # each wording once
     if origin is Literal:
         return "one of " + choices(args)
     if origin is list:
@@ -233,6 +238,93 @@ def coerce_key(raw: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported mapping key annotation {tp!r}")  # a bug in the declaring module
 
 
+_NO_TAG = object()
+
+
+def _tag_value(cls: type, name: str) -> Any:
+    """The value of field ``name`` of ``cls`` when it is declared as a one-value ``Literal``."""
+    if name not in {f.name for f in init_fields(cls)}:
+        return _NO_TAG
+    tp = hints(cls)[name]
+    args = typing.get_args(tp)
+    return args[0] if typing.get_origin(tp) is Literal and len(args) == 1 else _NO_TAG
+
+
+@functools.cache
+def tagged_union(tp: Any) -> tuple[str, dict[Any, type[Node]]] | None:
+    """``(tag, {tag value: class})`` when ``tp`` is a tagged union, else ``None``.
+
+    A tagged union is a union (a ``None`` arm aside) of two or more :class:`Node` dataclasses that
+    each declare one field, the tag, as a one-value ``Literal``, with distinct values (e.g.
+    ``kind: Literal["oak"] = "oak"`` and ``kind: Literal["pine"] = "pine"``). The tag is the first
+    such field of the first class; the mapping keeps the union's order (the order of messages).
+    """
+    if not is_union(tp):
+        return None
+    arms = [a for a in typing.get_args(tp) if a is not type(None)]
+    if len(arms) < 2 or not all(
+        isinstance(a, type) and issubclass(a, Node) and dataclasses.is_dataclass(a) for a in arms
+    ):
+        return None
+    for f in init_fields(arms[0]):
+        values = [_tag_value(arm, f.name) for arm in arms]
+        if all(v is not _NO_TAG for v in values) and len(set(values)) == len(values):
+            return f.name, dict(zip(values, arms))
+    return None
+
+
+def _literal(value: Any, options: tuple[Any, ...], key: str) -> Any:
+    """The option equal to ``value`` (same type); the error lists the options (``kind`` keys: kinds)."""
+    for choice in options:
+        if type(value) is type(choice) and value == choice:
+            return choice
+    word = "kind" if key.rsplit(".", 1)[-1] == "kind" else "value"
+    raise error(key, f"unknown {word} {value!r}; valid {word}s: {choices(options)}")
+
+
+def _variant(union: tuple[str, dict[Any, type[Node]]], data: Mapping[str, Any], key: str) -> type[Node]:
+    """The class of a tagged union that the tag in ``data`` (the union's value at ``key``) names."""
+    tag, arms = union
+    sub = join(key, tag)
+    if tag not in data:
+        raise error(sub, "required key is missing")
+    if data[tag] is None:
+        raise error(sub, f"expected one of {choices(arms)}, got null")
+    return arms[_literal(data[tag], tuple(arms), sub)]
+
+
+def _foreign_key(union: tuple[str, dict[Any, type[Node]]], cls: type, name: str, key: str) -> ConfigError:
+    """The error for a key ``name`` (full dotted ``key``) that ``cls``, a class of a tagged union,
+    does not have: "not used by" it when another class of the union has it, else :func:`unknown_key`."""
+    names = [f.name for f in init_fields(cls)]
+    users = [v for v, arm in union[1].items() if name in {f.name for f in init_fields(arm)}]
+    if not users:
+        return unknown_key(key, name, names)
+    value = next(v for v, arm in union[1].items() if arm is cls)
+    return error(
+        key,
+        f"is not used by {value} (only by {choices(users)}); valid keys for {value}: {choices(names)}; "
+        "remove it",
+    )
+
+
+def _coerce_tagged(value: Any, union: tuple[str, dict[Any, type[Node]]], key: str) -> Node:
+    """Build the class of a tagged union that ``value`` (a mapping or an instance) is."""
+    tag, arms = union
+    if isinstance(value, Node) and isinstance(value, tuple(arms.values())):
+        return build(type(value), value, key)
+    if not isinstance(value, Mapping):
+        raise error(
+            key, f"expected a mapping (a section chosen by {tag}: {choices(arms)}), got {show(value)}"
+        )
+    cls = _variant(union, value, key)
+    names = [f.name for f in init_fields(cls)]
+    for name in value:
+        if isinstance(name, str) and name not in names:
+            raise _foreign_key(union, cls, name, join(key, name))
+    return build(cls, value, key)
+
+
 def coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and return it converted; ConfigError if bad."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -243,6 +335,9 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             if type(None) in args:
                 return None
             raise error(key, f"expected {describe(tp)}, got null")
+        union = tagged_union(tp)
+        if union is not None:
+            return _coerce_tagged(value, union, key)
         arms = [a for a in args if a is not type(None)]
         errors: list[ConfigError] = []
         for arm in arms:
@@ -256,11 +351,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if value is None:
         raise error(key, f"expected {describe(tp)}, got null")
     if origin is Literal:
-        for choice in args:
-            if type(value) is type(choice) and value == choice:
-                return choice
-        word = "kind" if key.rsplit(".", 1)[-1] == "kind" else "value"
-        raise error(key, f"unknown {word} {value!r}; valid {word}s: {choices(args)}")
+        return _literal(value, args, key)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -476,7 +567,7 @@ class Node:
     """
 
     def __post_init__(self) -> None:
-        annotations = hints(type(self))
+        annotations = hints(typing.cast(type, type(self)))  # a class is hashable; mypy sees a dataclass
         for f in init_fields(type(self)):
             value = coerce(getattr(self, f.name), annotations[f.name], f.name)
             if f.metadata.get("path") and value is not None:
@@ -603,11 +694,14 @@ def set_dotted(data: dict[str, Any], cls: type, key: str, value: Any, *, example
     for i, part in enumerate(p.strip() for p in parts):
         last = i == len(parts) - 1
         tp = strip_optional(tp)
+        union = tagged_union(tp)
+        if union is not None:  # the class the data's tag names (the tag itself is in every class)
+            tp = next(iter(union[1].values())) if part == union[0] else _variant(union, node, path)
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             names = [f.name for f in init_fields(tp)]
             sub = join(path, part)
             if part not in names:
-                raise unknown_key(sub, part, names)
+                raise unknown_key(sub, part, names) if union is None else _foreign_key(union, tp, part, sub)
             if last:
                 node[part] = value
                 return

@@ -79,7 +79,8 @@ def select_trainable(model, stage: int) -> dict[str, torch.nn.Parameter]:
         raise ValueError(f"unknown stage {stage}; valid: 1, 2, 3")
     groups = TRAINABLE[stage]
     full = model.config.model.llm.trainable_embeddings == "full"
-    llm_trainable = model.llm.trainable_state_dict()  # rows, lora, (full) base matrices
+    # The LLM's one trainable-policy rule: local name -> TrainableTensor(kind "lora" or "token_rows").
+    llm_trainable = model.llm.trainable_parameters()
     chosen: dict[str, torch.nn.Parameter] = {}
     for name, p in model.named_parameters():
         take = False
@@ -87,11 +88,10 @@ def select_trainable(model, stage: int) -> dict[str, torch.nn.Parameter]:
             take = "input_projector" in groups
         elif name.startswith("output_projectors."):
             take = "output_projectors" in groups
-        elif name.startswith("llm.") and name.removeprefix("llm.") in llm_trainable:
-            local = name.removeprefix("llm.")
-            if "lora_" in local:
+        elif name.startswith("llm.") and (tensor := llm_trainable.get(name.removeprefix("llm."))) is not None:
+            if tensor.kind == "lora":
                 take = "lora" in groups
-            else:  # added rows, or the full matrices under the legacy policy
+            else:  # "token_rows": added rows, or the full matrices under the legacy policy
                 take = "token_rows" in groups or ("token_rows_if_full" in groups and full)
         p.requires_grad_(take)
         if take:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from nextgpt.config import (
-    DecoderConfig,
+    AudioLDMDecoderConfig,
     LoRAConfig,
     ModelConfig,
     NextGPTConfig,
@@ -443,7 +443,7 @@ def test_direct_construction_is_checked_and_derives_values():
     assert (out.projector.num_queries, out.projector.out_dim) == (77, 768)
     assert (out.decoder.height, out.decoder.width) == (512, 512)  # kind defaults
     with pytest.raises(ConfigError, match="cond_dim: expected an integer"):
-        DecoderConfig(kind="audioldm", cond_tokens=1, cond_dim="512")
+        AudioLDMDecoderConfig(cond_tokens=1, cond_dim="512")
     with pytest.raises(ConfigError, match="outputs.image.decoder.kind"):
         ModelConfig(
             outputs={

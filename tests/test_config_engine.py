@@ -36,6 +36,7 @@ from nextgpt.config_engine import (
     set_dotted,
     show,
     strip_optional,
+    tagged_union,
     unknown_key,
 )
 from nextgpt.errors import ConfigError
@@ -559,4 +560,139 @@ def test_parse_overrides_and_set_dotted_directly():
     assert data["leaf"] == {"size": "not checked here"}
     assert _message(set_dotted, data, Tree, "a..b", 1, example_key="x.y") == (
         "bad override key 'a..b': expected a dotted key like x.y"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Tagged unions
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class Animal(Node):
+    """The common part of the union's classes (the tag is narrowed by each)."""
+
+    kind: str
+    legs: int = 4
+
+    def _validate(self) -> None:
+        positive(self, "legs")
+
+
+@dataclass(kw_only=True)
+class Dog(Animal):
+    kind: Literal["dog"] = "dog"
+    bark: float = 1.0
+
+
+@dataclass(kw_only=True)
+class Bird(Animal):
+    kind: Literal["bird"] = "bird"
+    legs: int = 2
+    wingspan: float = 0.3
+    song: str = "tweet"
+
+    def _validate(self) -> None:
+        super()._validate()
+        check(self.legs == 2, "legs", f"must be 2, got {self.legs}")
+
+
+@dataclass(kw_only=True)
+class Fish(Animal):
+    kind: Literal["fish"] = "fish"
+    legs: int = 1
+    fins: int = 2
+
+
+AnyAnimal = Dog | Bird | Fish
+
+
+@dataclass(kw_only=True)
+class Zoo(Node):
+    star: AnyAnimal = field(default_factory=Dog)
+    pets: dict[str, AnyAnimal] = field(default_factory=dict)
+    guest: AnyAnimal | None = None
+
+
+def test_tagged_union_detection():
+    assert tagged_union(AnyAnimal) == ("kind", {"dog": Dog, "bird": Bird, "fish": Fish})
+    assert tagged_union(AnyAnimal | None) == ("kind", {"dog": Dog, "bird": Bird, "fish": Fish})
+    assert tagged_union(Dog | None) is None  # one class: a plain optional section
+    assert tagged_union(int | str) is None and tagged_union(Dog) is None
+    assert tagged_union(Leaf | Dog) is None  # Leaf has no tag
+    assert describe(AnyAnimal) == "a mapping" and describe(AnyAnimal | None) == "a mapping or null"
+
+
+def test_tagged_union_builds_the_class_the_tag_names():
+    zoo = Zoo.from_dict({"star": {"kind": "bird", "song": "caw"}, "pets": {"rex": {"kind": "dog"}}})
+    assert zoo.star == Bird(song="caw") and zoo.star.legs == 2  # the class's own defaults
+    assert zoo.pets == {"rex": Dog()} and zoo.guest is None
+    assert Zoo(star=Fish(fins=3)).star == Fish(fins=3)  # instances are re-checked copies
+    assert Zoo.from_dict(zoo.to_dict()) == zoo
+    assert zoo.to_dict()["star"] == {"kind": "bird", "legs": 2, "wingspan": 0.3, "song": "caw"}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"star": {"kind": "cat"}}, "star.kind: unknown kind 'cat'; valid kinds: dog, bird, fish"),
+        ({"star": {"kind": 3}}, "star.kind: unknown kind 3; valid kinds: dog, bird, fish"),
+        ({"star": {"kind": None}}, "star.kind: expected one of dog, bird, fish, got null"),
+        ({"star": {"legs": 3}}, "star.kind: required key is missing"),
+        ({"star": 5}, "star: expected a mapping (a section chosen by kind: dog, bird, fish), got int 5"),
+        (
+            {"star": {"kind": "dog", "fins": 1}},
+            "star.fins: is not used by dog (only by fish); valid keys for dog: kind, legs, bark; remove it",
+        ),
+        (
+            {"pets": {"tweety": {"kind": "bird", "bark": 2}}},
+            "pets.tweety.bark: is not used by bird (only by dog); valid keys for bird: kind, legs, "
+            "wingspan, song; remove it",
+        ),
+        (
+            {"star": {"kind": "dog", "barc": 1}},
+            "star.barc: unknown key; valid keys: kind, legs, bark (did you mean 'bark'?)",
+        ),
+        ({"star": {"kind": "bird", "legs": 4}}, "star.legs: must be 2, got 4"),
+        ({"star": {"kind": "fish", "legs": 0}}, "star.legs: must be positive, got 0"),
+        ({"guest": {"kind": "dog", "bark": "loud"}}, "guest.bark: expected a number, got str 'loud'"),
+    ],
+)
+def test_tagged_union_errors_name_the_key_and_the_choices(data, message):
+    assert _message(Zoo.from_dict, data) == message
+
+
+def test_tagged_union_rejects_an_instance_of_another_class():
+    assert _message(Zoo, star=Leaf(1)) == (
+        "star: expected a mapping (a section chosen by kind: dog, bird, fish), got Leaf Leaf(size=1)"
+    )
+
+
+def test_overrides_into_a_tagged_union_follow_the_tag():
+    zoo = Zoo(pets={"nemo": Fish()})
+    assert apply_overrides(zoo, ["star.bark=2.5"]).star == Dog(bark=2.5)
+    assert apply_overrides(zoo, ["pets.nemo.fins=4"]).pets["nemo"] == Fish(fins=4)
+    # Later overrides follow a changed class; changing only the tag keeps the other keys, which must
+    # suit the new class (else set the section whole).
+    assert apply_overrides(zoo, ["star={kind: bird}", "star.song=caw"]).star == Bird(song="caw")
+    assert _message(apply_overrides, zoo, ["star.kind=fish"]) == (
+        "star.bark: is not used by fish (only by dog); valid keys for fish: kind, legs, fins; remove it"
+    )
+    assert apply_overrides(zoo, ["guest={kind: dog}", "guest.legs=3"]).guest == Dog(legs=3)
+    assert _message(apply_overrides, zoo, ["star.fins=1"]) == (
+        "star.fins: is not used by dog (only by fish); valid keys for dog: kind, legs, bark; remove it"
+    )
+    assert _message(apply_overrides, zoo, ["star.barc=1"]) == (
+        "star.barc: unknown key; valid keys: kind, legs, bark (did you mean 'bark'?)"
+    )
+    assert _message(apply_overrides, zoo, ["star.kind=cat"]) == (
+        "star.kind: unknown kind 'cat'; valid kinds: dog, bird, fish"
+    )
+    assert _message(apply_overrides, zoo, ["star.kind=cat", "star.legs=1"]) == (
+        "star.kind: unknown kind 'cat'; valid kinds: dog, bird, fish"
+    )
+    assert apply_overrides(zoo, ["star.kind=cat", "star.kind=dog"]) == zoo  # the tag itself can be reset
+    assert _message(apply_overrides, zoo, ["star.kind=bird"]) == (
+        "star.bark: is not used by bird (only by dog); valid keys for bird: kind, legs, wingspan, song; "
+        "remove it"
     )

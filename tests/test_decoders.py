@@ -15,7 +15,13 @@ import PIL.Image
 import pytest
 import torch
 
-from nextgpt.config import DecoderConfig
+from nextgpt.config import (
+    DECODER_CONFIGS,
+    AudioLDMDecoderConfig,
+    DecoderConfig,
+    StableDiffusionDecoderConfig,
+    ZeroscopeDecoderConfig,
+)
 from nextgpt.decoders import (
     DECODERS,
     AudioLDMDecoder,
@@ -36,18 +42,14 @@ KINDS = ("stable_diffusion", "audioldm", "zeroscope")
 CAPTION = "a red square"
 STEPS, GUIDANCE = 2, 7.5
 
-# Tiny decoders: conditioning [8, 32] (image, video) and [1, 32] (audio); small media.
+# Tiny decoders' configs: conditioning [8, 32] (image, video) and [1, 32] (audio); small media.
 SPECS = {
-    "stable_diffusion": (
-        StableDiffusionDecoder,
-        {"cond_tokens": 8, "cond_dim": 32, "height": 32, "width": 32},
-    ),
-    "audioldm": (AudioLDMDecoder, {"cond_dim": 32, "audio_length_in_s": 0.5}),
-    "zeroscope": (
-        ZeroscopeDecoder,
-        {"cond_tokens": 8, "cond_dim": 32, "height": 32, "width": 32, "num_frames": 4},
-    ),
+    "stable_diffusion": {"cond_tokens": 8, "cond_dim": 32, "height": 32, "width": 32},
+    "audioldm": {"cond_tokens": 1, "cond_dim": 32, "audio_length_in_s": 0.5},
+    "zeroscope": {"cond_tokens": 8, "cond_dim": 32, "height": 32, "width": 32, "num_frames": 4},
 }
+#: Decoder arguments that are not configuration.
+RUNTIME = ("device", "seed", "progress_bar", "load_kwargs", "config_key")
 # Media arguments of the bare pipelines matching SPECS.
 PIPE_MEDIA = {
     "stable_diffusion": {"height": 32, "width": 32, "output_type": "np"},
@@ -57,15 +59,14 @@ PIPE_MEDIA = {
 
 
 def make(kind: str, **overrides) -> Decoder:
-    cls, kwargs = SPECS[kind]
-    kwargs = {
-        **kwargs,
-        "num_inference_steps": STEPS,
-        "guidance_scale": GUIDANCE,
-        "device": "cpu",
-        **overrides,
-    }
-    return cls(**kwargs)
+    """A ``kind`` decoder on the CPU from its SPECS config; ``overrides`` are config fields or
+    :data:`RUNTIME` arguments."""
+    cls = DECODERS[kind]
+    fields = {"num_inference_steps": STEPS, "guidance_scale": GUIDANCE, **SPECS[kind]}
+    runtime = {"device": "cpu"}
+    for name, value in overrides.items():
+        (runtime if name in RUNTIME else fields)[name] = value
+    return cls(cls.config_class(**fields), **runtime)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -226,8 +227,8 @@ def test_audio_accepts_flat_embeddings_and_requires_one_token(decoders) -> None:
     a = decoder.generate(cond, seed=0)[0]
     b = decoder.generate(cond[:, 0, :], seed=0)[0]  # [B, 512] as cached by upstream
     assert np.array_equal(a, b)
-    with pytest.raises(ConfigError, match="cond_tokens must be 1"):
-        AudioLDMDecoder(cond_tokens=2, cond_dim=32)
+    with pytest.raises(ConfigError, match="cond_tokens: must be 1"):
+        AudioLDMDecoderConfig(cond_tokens=2, cond_dim=32)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -469,6 +470,68 @@ def test_registry_knows_the_three_kinds_and_rejects_others() -> None:
         decoder_class("dalle")
     with pytest.raises(TypeError):
         DECODERS["mine"] = StableDiffusionDecoder  # type: ignore[index]
+    # Each class implements its config's kind, and takes its kind and modality from it.
+    assert {kind: cls.config_class for kind, cls in DECODERS.items()} == DECODER_CONFIGS
+    for kind, cls in DECODERS.items():
+        assert (cls.kind, cls.modality) == (kind, DECODER_CONFIGS[kind].modality)
+
+
+def test_decoder_configs_are_a_tagged_union_on_kind() -> None:
+    from nextgpt.config import NextGPTConfig
+
+    # One class per kind, each with its media-shape fields, defaults and rules.
+    assert {kind: cls.media_fields() for kind, cls in DECODER_CONFIGS.items()} == {
+        "stable_diffusion": ("height", "width"),
+        "audioldm": ("audio_length_in_s", "sample_rate"),
+        "zeroscope": ("height", "width", "num_frames", "fps"),
+    }
+    video = DecoderConfig.from_dict({"kind": "zeroscope", "cond_tokens": 77, "cond_dim": 1024})
+    assert type(video) is ZeroscopeDecoderConfig and video.media() == {
+        "height": 320,
+        "width": 576,
+        "num_frames": 24,
+        "fps": 8,
+    }
+    assert AudioLDMDecoderConfig(cond_tokens=1, cond_dim=512).media() == {
+        "audio_length_in_s": 9.0,
+        "sample_rate": 16000,
+    }
+    assert StableDiffusionDecoderConfig(cond_tokens=77, cond_dim=768).to_dict() == {
+        "kind": "stable_diffusion",
+        "cond_tokens": 77,
+        "cond_dim": 768,
+        "path": None,
+        "dtype": "float32",
+        "cpu_offload": False,
+        "num_inference_steps": 50,
+        "guidance_scale": 7.5,
+        "height": 512,
+        "width": 512,
+    }
+    with pytest.raises(TypeError, match="base of the per-kind decoder configs"):
+        DecoderConfig(kind="zeroscope", cond_tokens=77, cond_dim=1024)
+    with pytest.raises(
+        ConfigError, match="kind: unknown kind 'dalle'; valid kinds: stable_diffusion, audioldm, zeroscope"
+    ):
+        DecoderConfig.from_dict({"kind": "dalle", "cond_tokens": 1, "cond_dim": 2})
+    with pytest.raises(ConfigError, match="height: must be a multiple of 8, got 12"):
+        StableDiffusionDecoderConfig(cond_tokens=77, cond_dim=768, height=12)
+    with pytest.raises(ConfigError, match="num_frames: must be positive, got 0"):
+        ZeroscopeDecoderConfig(cond_tokens=77, cond_dim=1024, num_frames=0)
+    # Dotted overrides keep their keys; a field of another kind names the kind's valid fields.
+    tiny = NextGPTConfig.from_preset("tiny")
+    assert (
+        tiny.with_overrides(["model.outputs.video.decoder.fps=12"]).model.outputs["video"].decoder.fps == 12
+    )
+    with pytest.raises(ConfigError) as info:
+        tiny.with_overrides(["model.outputs.image.decoder.num_frames=4"])
+    assert str(info.value) == (
+        "model.outputs.image.decoder.num_frames: is not used by stable_diffusion (only by zeroscope); "
+        "valid keys for stable_diffusion: kind, cond_tokens, cond_dim, path, dtype, cpu_offload, "
+        "num_inference_steps, guidance_scale, height, width; remove it"
+    )
+    with pytest.raises(ConfigError, match="model.outputs.audio.decoder.cond_tokens: must be 1"):
+        tiny.with_overrides(["model.outputs.audio.decoder.cond_tokens=2"])
 
 
 def test_build_decoder_from_config_is_lazy_and_carries_the_fields() -> None:
@@ -489,10 +552,25 @@ def test_build_decoder_from_config_is_lazy_and_carries_the_fields() -> None:
             decoder.num_inference_steps == cfg.num_inference_steps
             and decoder.guidance_scale == cfg.guidance_scale
         )
+        # Every setting is read from the config node: the common ones and the kind's media shape.
+        assert decoder.config is cfg and decoder.path == cfg.path and decoder.cpu_offload == cfg.cpu_offload
+        assert {name: getattr(decoder, name) for name in cfg.media_fields()} == cfg.media()
     video = built["video"]
     assert (video.height, video.width, video.num_frames, video.fps) == (32, 32, 4, 8)
+    with pytest.raises(AttributeError):
+        video.height = 64  # type: ignore[misc]
+    # The defaults are the config's (SD 1.5 at 512 x 512).
+    image = StableDiffusionDecoder(StableDiffusionDecoderConfig(cond_tokens=77, cond_dim=768), device="cpu")
+    assert (image.cond_shape, image.height, image.width, image.num_inference_steps) == (
+        (77, 768),
+        512,
+        512,
+        50,
+    )
     with pytest.raises(ConfigError, match="builds 'audioldm' decoders"):
-        AudioLDMDecoder.from_config(DecoderConfig(kind="zeroscope", cond_tokens=8, cond_dim=32))
+        AudioLDMDecoder.from_config(ZeroscopeDecoderConfig(cond_tokens=8, cond_dim=32))
+    with pytest.raises(ConfigError, match="builds 'zeroscope' decoders"):
+        ZeroscopeDecoder(DecoderConfig.from_dict({"kind": "audioldm", "cond_tokens": 1, "cond_dim": 32}))
 
 
 def test_tiny_components_are_deterministic_and_leave_global_rng_alone() -> None:
