@@ -46,11 +46,14 @@ class AudioLDMDecoder(Decoder):
 
     @classmethod
     def pipeline_class(cls) -> type:
+        """``diffusers.AudioLDMPipeline``."""
         from diffusers import AudioLDMPipeline
 
         return AudioLDMPipeline
 
     def tiny_components(self) -> dict[str, Any]:
+        """Tiny random AudioLDM components: CLAP ``text_embeds`` ``cond_dim`` wide, the vocoder at
+        :attr:`sample_rate` (:func:`~nextgpt.decoders.tiny.tiny_audioldm_components`)."""
         return tiny_audioldm_components(self.cond_dim, sample_rate=self.sample_rate, seed=self.seed)
 
     def _check_pipeline(self, pipe: Any) -> None:
@@ -135,9 +138,11 @@ class AudioLDMDecoder(Decoder):
         Args:
             cond: ``[B, 1, cond_dim]`` (or ``[B, cond_dim]``).
             negative: negative conditioning, ``[B or 1, 1, cond_dim]``; default: the empty prompt's.
-            num_inference_steps, guidance_scale: default: the decoder's.
+            num_inference_steps: denoising steps, an int in [1, 500]; default: the decoder's.
+            guidance_scale: classifier-free guidance scale in [0, 100] (``<= 1`` disables guidance);
+                default: the decoder's.
             seed: seeds a ``torch.Generator`` on the execution device; ``None``: unseeded.
-            audio_length_in_s: clip length; default: the decoder's.
+            audio_length_in_s: clip length in seconds, in [0.05, 60]; default: the decoder's.
             callback: ``callback(steps_done, num_steps)`` after each denoising step.
 
         Returns:

@@ -40,11 +40,14 @@ class StableDiffusionDecoder(ClipTextDecoder):
 
     @classmethod
     def pipeline_class(cls) -> type:
+        """``diffusers.StableDiffusionPipeline``."""
         from diffusers import StableDiffusionPipeline
 
         return StableDiffusionPipeline
 
     def tiny_components(self) -> dict[str, Any]:
+        """Tiny random Stable Diffusion components conditioned on ``[cond_tokens, cond_dim]``
+        (:func:`~nextgpt.decoders.tiny.tiny_stable_diffusion_components`)."""
         return tiny_stable_diffusion_components(self.cond_tokens, self.cond_dim, seed=self.seed)
 
     def _progress_kwargs(self, callback: ProgressCallback | None, num_steps: int) -> dict[str, Any]:
@@ -80,9 +83,12 @@ class StableDiffusionDecoder(ClipTextDecoder):
         Args:
             cond: ``[B, T<=cond_tokens, cond_dim]`` (zero-padded to ``cond_tokens``).
             negative: negative conditioning, ``[B or 1, T, cond_dim]``; default: the empty prompt's.
-            num_inference_steps, guidance_scale: default: the decoder's.
+            num_inference_steps: denoising steps, an int in [1, 500]; default: the decoder's.
+            guidance_scale: classifier-free guidance scale in [0, 100] (``<= 1`` disables guidance);
+                default: the decoder's.
             seed: seeds a ``torch.Generator`` on the execution device; ``None``: unseeded.
-            height, width: image size in pixels; default: the decoder's.
+            height: image height in pixels, a multiple of 8 in [8, 2048]; default: the decoder's.
+            width: image width in pixels, a multiple of 8 in [8, 2048]; default: the decoder's.
             callback: ``callback(steps_done, num_steps)`` after each denoising step.
 
         Returns:

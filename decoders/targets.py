@@ -27,6 +27,8 @@ AUDIO_SR, N_FFT, HOP = 16000, 1024, 160
 
 
 def image_target(image, height: int, width: int) -> torch.Tensor:
+    """``image`` (a PIL image, a path or the bytes of an image file) as RGB resized to
+    ``height x width`` (bicubic), ``[3, H, W]`` in ``[-1, 1]``."""
     from PIL import Image
 
     if not isinstance(image, Image.Image):
@@ -39,6 +41,13 @@ def image_target(image, height: int, width: int) -> torch.Tensor:
 
 
 def video_target(video, height: int, width: int, num_frames: int) -> torch.Tensor:
+    """``num_frames`` frames picked evenly over ``video`` (a Video holding uint8 frames
+    ``[T, H, W, 3]``, or the array itself), each resized to ``height x width`` (bilinear),
+    ``[3, F, H, W]`` in ``[-1, 1]``.
+
+    Raises:
+        InputError: ``video`` holds no 4-D frame array.
+    """
     frames = getattr(video, "source", video)
     if not isinstance(frames, np.ndarray) or frames.ndim != 4:
         raise InputError("video target must be a Video holding uint8 frames [T, H, W, 3]")
@@ -79,6 +88,10 @@ def mel_filterbank(
 
 
 def audio_target(audio, n_mels: int, length_s: float, frame_multiple: int) -> torch.Tensor:
+    """AudioLDM's log-mel spectrogram of ``audio`` (anything
+    :func:`~nextgpt.encoders.audio.load_audio` reads), ``[1, T, n_mels]`` as the module docstring
+    describes: ``T`` = ``length_s`` in 10 ms frames rounded down to a multiple of ``frame_multiple``,
+    the spectrogram padded with silence (``log(1e-5)``) or cut to it."""
     from nextgpt.encoders.audio import load_audio, resample
 
     wave, sr = load_audio(audio)  # (C, N)

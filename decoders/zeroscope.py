@@ -43,11 +43,14 @@ class ZeroscopeDecoder(ClipTextDecoder):
 
     @classmethod
     def pipeline_class(cls) -> type:
+        """``diffusers.TextToVideoSDPipeline``."""
         from diffusers import TextToVideoSDPipeline
 
         return TextToVideoSDPipeline
 
     def tiny_components(self) -> dict[str, Any]:
+        """Tiny random Zeroscope components conditioned on ``[cond_tokens, cond_dim]``
+        (:func:`~nextgpt.decoders.tiny.tiny_zeroscope_components`)."""
         return tiny_zeroscope_components(self.cond_tokens, self.cond_dim, seed=self.seed)
 
     def prepare_target(self, video: Any) -> torch.Tensor:
@@ -74,9 +77,13 @@ class ZeroscopeDecoder(ClipTextDecoder):
         Args:
             cond: ``[B, T<=cond_tokens, cond_dim]`` (zero-padded to ``cond_tokens``).
             negative: negative conditioning, ``[B or 1, T, cond_dim]``; default: the empty prompt's.
-            num_inference_steps, guidance_scale: default: the decoder's.
+            num_inference_steps: denoising steps, an int in [1, 500]; default: the decoder's.
+            guidance_scale: classifier-free guidance scale in [0, 100] (``<= 1`` disables guidance);
+                default: the decoder's.
             seed: seeds a ``torch.Generator`` on the execution device; ``None``: unseeded.
-            height, width, num_frames: default: the decoder's.
+            height: frame height in pixels, a multiple of 8 in [8, 2048]; default: the decoder's.
+            width: frame width in pixels, a multiple of 8 in [8, 2048]; default: the decoder's.
+            num_frames: frames per video, an int in [1, 256]; default: the decoder's.
             callback: ``callback(steps_done, num_steps)`` after each denoising step.
 
         Returns:

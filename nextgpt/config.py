@@ -299,6 +299,8 @@ class InputProjectorConfig(Node):
     out_dim: int | None = field(init=False, default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """As :meth:`~nextgpt.config_engine.Node.to_dict`, without ``grouping`` when ``kind`` is not
+        ``"grouping"`` and ``grouping`` is the default (saved legacy configs stay short)."""
         data = super().to_dict()
         if self.kind != "grouping" and self.grouping == GroupingConfig():
             del data["grouping"]  # unused and default: keep saved legacy configs short

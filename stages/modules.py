@@ -143,18 +143,26 @@ class StageModule(L.LightningModule):
             self._is_sharded = True
 
     def on_fit_start(self) -> None:
-        # Per-rank random streams (dropout, Gumbel noise, worker seeds): identical noise on every rank
-        # would make the ranks' gradients correlated copies. A resumed run restores each rank's own
-        # state at its first batch (on_train_batch_start).
+        """Seed this rank's own random streams from ``training.seed`` (:func:`seed_rank`).
+
+        Dropout, Gumbel noise and worker seeds differ per rank: identical noise on every rank would make
+        the ranks' gradients correlated copies. A resumed run restores each rank's own state at its
+        first batch (:meth:`on_train_batch_start`).
+        """
         seed_rank(self.config.training.seed, self.global_rank)
 
     # ------------------------------------------------------------------ steps
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
-        # Our Batch holds media objects (frozen dataclasses) Lightning's generic mover cannot copy.
+        """``batch.to(device)``: our Batch holds media objects (frozen dataclasses) Lightning's generic
+        mover cannot copy."""
         return batch.to(device)
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
+        """The batch's losses (:meth:`~nextgpt.NextGPT.compute_losses`): the media features (cached,
+        else from the frozen encoders) projected into the LLM inputs, the signal targets from stage 2
+        on (:meth:`signal_targets`), weighted as ``training`` says (per-modality alignment, LM and
+        denoising weights)."""
         model = self.model
         features = (
             batch.features
@@ -217,6 +225,12 @@ class StageModule(L.LightningModule):
         return out
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Count the batch's samples and drops, and return its total ``loss``.
+
+        Logs ``train/loss`` and every other scalar of the losses (``lm_loss``, ``align_*``,
+        ``denoise_loss``, ``runs``) as ``train/<name>`` each step; ``loss`` and ``lm_loss`` go to the
+        progress bar. A batch whose samples were all dropped logs nothing.
+        """
         self.data_counts.add(batch)
         # A batch whose samples were all dropped still runs (one unlabelled row: a zero loss whose graph
         # reaches every trainable tensor), so that every rank takes the same steps.
@@ -230,6 +244,8 @@ class StageModule(L.LightningModule):
         return losses["loss"]
 
     def validation_step(self, batch, batch_idx: int) -> None:
+        """Log the batch's total loss as ``val/loss`` (synced over ranks); nothing for a batch whose
+        samples were all dropped."""
         losses = self(batch)
         if not batch.is_empty:
             self.log("val/loss", losses["loss"], batch_size=batch.input_ids.shape[0], sync_dist=True)
@@ -243,6 +259,13 @@ class StageModule(L.LightningModule):
         return vector.cpu()
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """Log the epoch's running sample counts over all ranks (``data/seen_so_far``,
+        ``data/dropped_so_far``, rank 0, each step) and stop the run past ``training.max_bad_fraction``.
+
+        Raises:
+            InputError: the fraction of samples dropped so far is above ``training.max_bad_fraction``
+                (checked once ``training.min_samples_before_check`` samples were seen).
+        """
         totals = self._global_counts(self.data_counts.totals())
         # Running totals of this epoch over all ranks, exact in every row (the last row of an epoch is
         # its total; the column is never to be summed). Per-reason totals are logged at epoch end.
@@ -251,6 +274,13 @@ class StageModule(L.LightningModule):
         self._check_dropped(int(totals[0]), int(totals[1]), None)
 
     def on_train_epoch_end(self) -> None:
+        """Log the epoch's sample counts over all ranks (``data/seen``, ``data/dropped``,
+        ``data/dropped_fraction``, ``data/dropped_<reason>``; rank 0 also writes them to the log),
+        check them against ``training.max_bad_fraction`` and reset the counts for the next epoch.
+
+        Raises:
+            InputError: the fraction of samples dropped is above ``training.max_bad_fraction``.
+        """
         counts = self._global_counts(self.data_counts.by_reason())
         seen, per_reason = int(counts[0]), dict(zip(DROP_REASONS, counts[1:].tolist()))
         dropped = sum(per_reason.values())
@@ -295,6 +325,8 @@ class StageModule(L.LightningModule):
         return self._trainer is not None and is_sharded(self.trainer.strategy)
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        """Under FSDP, average the gradients of the replicated (unsharded) trainable tensors over the
+        ranks; otherwise nothing."""
         if self._sharded():  # the unsharded trainable tensors: average their gradients over the ranks
             from nextgpt.stages.parallel import all_reduce_replicated_grads
 
@@ -302,6 +334,8 @@ class StageModule(L.LightningModule):
             all_reduce_replicated_grads(params, self.trainer.world_size)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Under FSDP with a ``gradient_clip_val``, clip the total L2 norm of the sharded and whole
+        gradients together to it; otherwise Lightning's own clipping (:meth:`clip_gradients`)."""
         if self._sharded() and gradient_clip_val:
             from nextgpt.stages.parallel import clip_grad_norm
 
@@ -310,6 +344,13 @@ class StageModule(L.LightningModule):
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
+        """The stage's Adam or AdamW (fused where :func:`fused_allowed`) over the trainable parameters,
+        with its :func:`lr_factor` schedule stepped per optimiser step (warm-up: ``warmup_ratio`` of the
+        run's steps).
+
+        Raises:
+            ConfigError: a trainable parameter is not float32, or the run's length is unknown.
+        """
         cfg = self.stage_cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
         wrong = sorted({str(p.dtype) for p in params if p.dtype != torch.float32})
@@ -343,7 +384,12 @@ class StageModule(L.LightningModule):
     # ------------------------------------------------------------------ lean checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Called on every rank before rank 0 writes: gather every rank's random state and counts.
+        """Make the checkpoint lean: only the trainable parameters in ``state_dict``, plus the config
+        (``nextgpt_config``), the stage (``nextgpt_stage``) and every rank's random state and sample
+        counts (``nextgpt_rng``, ``nextgpt_data_counts``).
+
+        Called on every rank before rank 0 writes (gathering the ranks' states is a collective).
+        """
         checkpoint["nextgpt_rng"] = self._all_ranks(_rng_state())
         checkpoint["nextgpt_data_counts"] = self._all_ranks(self.data_counts.by_reason())
         trainable = set(self.trainable_names)
@@ -373,6 +419,13 @@ class StageModule(L.LightningModule):
         check_keys(own, checkpoint["state_dict"], what="training checkpoint")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Check the checkpoint (:meth:`check_checkpoint`) and take this rank's random state (restored
+        at the first batch) and sample counts, each when the checkpoint holds one per rank of this run;
+        otherwise the random streams start fresh (with a warning) and the counts are left as they are.
+
+        Raises:
+            CheckpointError: the checkpoint is from another stage, or its trainable keys or shapes differ.
+        """
         self.check_checkpoint(checkpoint)
         rank, world = self.global_rank, self.trainer.world_size if self._trainer is not None else 1
         rngs = checkpoint.get("nextgpt_rng") or []
@@ -389,9 +442,9 @@ class StageModule(L.LightningModule):
             self.data_counts = DataCounts.from_vector(counts[rank])
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        # Restore the random state where the interrupted run left it, at the first batch after the
-        # restart (after the data loader was rebuilt), so stochastic layers (Gumbel noise, dropout)
-        # draw what they would have drawn without the interruption.
+        """Restore the random state where the interrupted run left it, at the first batch after the
+        restart (after the data loader was rebuilt), so stochastic layers (Gumbel noise, dropout)
+        draw what they would have drawn without the interruption; nothing otherwise."""
         if self._pending_rng is not None:
             _set_rng_state(self._pending_rng)
             self._pending_rng = None
@@ -405,11 +458,13 @@ class DataCounts:
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
 
     def add(self, batch) -> None:
+        """Count the samples ``batch`` stands for and its drops by reason."""
         self.seen += batch.num_samples
         for reason, n in batch.drops.items():
             self.dropped[reason] = self.dropped.get(reason, 0) + n
 
     def totals(self) -> torch.Tensor:
+        """``[seen, dropped]`` (float64, exact for counts < 2**53)."""
         return torch.tensor([self.seen, sum(self.dropped.values())], dtype=torch.float64)
 
     def by_reason(self) -> torch.Tensor:
@@ -418,6 +473,7 @@ class DataCounts:
 
     @classmethod
     def from_vector(cls, vector: torch.Tensor) -> DataCounts:
+        """The counts back from a :meth:`by_reason` vector."""
         out = cls()
         values = [int(v) for v in vector.tolist()]
         out.seen, out.dropped = values[0], dict(zip(DROP_REASONS, values[1:]))
@@ -459,6 +515,8 @@ def rank_seed(seed: int, rank: int) -> int:
 
 
 def seed_rank(seed: int, rank: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and every CUDA device) global generators with
+    :func:`rank_seed`."""
     s = rank_seed(seed, rank)
     random.seed(s)
     np.random.seed(s)
