@@ -14,12 +14,14 @@ OUT ?= runs/$(PRESET)
 OVERRIDES ?=
 STAGE_PRESET ?= tiny
 
-.PHONY: install test lint demo help data-demo stage1 stage2 stage3 serve gpu-check
+.PHONY: install test lint format typecheck demo help data-demo stage1 stage2 stage3 serve gpu-check
 
 help:
 	@echo "make install   install nextgpt (editable) + test tools into the active Python ($(PYTHON))"
 	@echo "make test      run the test suite (offline, CPU)"
-	@echo "make lint      ruff"
+	@echo "make lint      ruff (style, docstrings, no print in the library)"
+	@echo "make format    ruff --fix and ruff format"
+	@echo "make typecheck mypy on the public API"
 	@echo "make demo      run the main job on the embedded default preset (PRESET=$(PRESET))"
 	@echo "make data-demo build the small real demo dataset into DATA=$(DATA)"
 	@echo "make stage1|stage2|stage3  train a stage: PRESET= (default tiny) DATA= OUT= OVERRIDES='k=v ...'"
@@ -38,6 +40,14 @@ test:
 lint:
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
+
+format:
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .
+
+# The public API (what users import from nextgpt) under mypy; settings in pyproject.toml.
+typecheck:
+	$(PYTHON) -m mypy
 
 demo:
 	$(PYTHON) -m nextgpt.cli demo --preset $(PRESET)
