@@ -21,6 +21,11 @@ module-level cache. :meth:`Decoder.unload` frees it.
 With ``path=None`` the pipeline is built from deterministic random tiny components
 (:mod:`nextgpt.decoders.tiny`) for tests and CPU demos; :meth:`Decoder.describe` says so.
 
+One file, over the library's ~600-line guide, because it is one abstract class: the lazy pipeline,
+the conditioning checks, generation and the denoising loss share the instance's pipeline, device and
+dtype state, and the two caption helpers and :class:`ClipTextDecoder` are what every subclass imports
+with it.
+
 References: NExT-GPT (Wu et al., ICML 2024); diffusers ``StableDiffusionPipeline.encode_prompt``,
 ``AudioLDMPipeline._encode_prompt`` and ``TextToVideoSDPipeline.encode_prompt`` (diffusers 0.42)
 for the caption -> conditioning computations matched here.

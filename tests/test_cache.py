@@ -1,5 +1,5 @@
 """Feature caches: keyed by dataset, shard and stage; checked before training; built on a device and
-split across ranks/processes (stages/cache.py)."""
+split across ranks/processes (stages/cache/)."""
 
 from __future__ import annotations
 

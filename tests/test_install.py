@@ -27,7 +27,10 @@ SUBPACKAGES = [
     "nextgpt.projectors",
     "nextgpt.decoders",
     "nextgpt.stages",
+    "nextgpt.stages.cache",
     "nextgpt.stages.data",
+    "nextgpt.stages.data.convert",
+    "nextgpt.stages.data.shards",
 ]
 # Top-level names that must NOT be installed: they belong to unrelated PyPI projects.
 FORBIDDEN = ["encoders", "decoders", "stages", "projectors"]
