@@ -27,8 +27,8 @@ PRESET_DIR = Path(__file__).resolve().parents[1] / "nextgpt" / "presets"
 
 
 @pytest.fixture(scope="module")
-def tiny() -> NextGPTConfig:
-    return NextGPTConfig.from_preset("tiny")
+def tiny(tiny_config: NextGPTConfig) -> NextGPTConfig:
+    return tiny_config
 
 
 def _plain_only(value) -> bool:

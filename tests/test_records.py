@@ -24,8 +24,8 @@ IMAGE, AUDIO, VIDEO = Modality.IMAGE, Modality.AUDIO, Modality.VIDEO
 
 
 @pytest.fixture(scope="module")
-def model() -> NextGPT:
-    return NextGPT.from_preset("tiny")
+def model(tiny_model: NextGPT) -> NextGPT:
+    return tiny_model
 
 
 @pytest.fixture()

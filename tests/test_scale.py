@@ -423,12 +423,3 @@ def test_two_process_chain_bf16_survives_kill_and_generates(tmp_path: Path, demo
     for stage in (1, 2, 3):
         rows = [r for r in metrics(out / f"stage{stage}") if r.get("train/loss")]
         assert rows and all(float(r["train/loss"]) == float(r["train/loss"]) for r in rows), stage  # no NaN
-
-
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    from nextgpt.stages.data import build_demo_dataset
-
-    out = tmp_path_factory.mktemp("demo")
-    build_demo_dataset(out, seed=0)
-    return out
