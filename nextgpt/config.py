@@ -526,9 +526,11 @@ class DecoderConfig(Node):
 
 
 def _multiple_of_8(node: Any, *names: str) -> None:
+    from nextgpt.validate import SIDE_MULTIPLE  # the one statement of the rule (generate checks it too)
+
     for name in names:
         value = getattr(node, name)
-        check(value % 8 == 0, name, f"must be a multiple of 8, got {value}")
+        check(value % SIDE_MULTIPLE == 0, name, f"must be a multiple of {SIDE_MULTIPLE}, got {value}")
 
 
 # Defaults: REFERENCE 1.2, the legacy demo (SD 1.5 at 512x512; AudioLDM 9 s at 16 kHz; Zeroscope

@@ -54,6 +54,7 @@ __all__ = [
     "MAX_SEED",
     "MAX_SIDE",
     "MIN_AUDIO_LENGTH_S",
+    "SIDE_MULTIPLE",
     "check_bool",
     "check_callback",
     "check_decoder_options",
@@ -75,6 +76,9 @@ MAX_SEED = 2**64 - 1
 MAX_INFERENCE_STEPS = 500
 #: Largest image / frame side in pixels (memory grows with its square).
 MAX_SIDE = 2048
+#: Image / frame sides are multiples of this: the VAE downsampling factor of the Stable Diffusion
+#: family of decoders (the decoder configs check their default sizes against it too).
+SIDE_MULTIPLE = 8
 #: Largest number of video frames.
 MAX_FRAMES = 256
 #: Audio clip length bounds in seconds. AudioLDM needs at least its VAE scale factor in mel frames
@@ -166,10 +170,12 @@ def derived_seed(seed: int | None, offset: int) -> int | None:
 
 
 def check_side(name: str, value: Any) -> int:
-    """An image / frame side: an int, a multiple of 8 in ``[8, MAX_SIDE]``."""
-    side = check_int(name, value, low=8, high=MAX_SIDE)
-    if side % 8:
-        raise InputError(f"{name} must be a multiple of 8 in [8, {MAX_SIDE}], got {side}")
+    """An image / frame side: an int, a multiple of :data:`SIDE_MULTIPLE` in ``[8, MAX_SIDE]``."""
+    side = check_int(name, value, low=SIDE_MULTIPLE, high=MAX_SIDE)
+    if side % SIDE_MULTIPLE:
+        raise InputError(
+            f"{name} must be a multiple of {SIDE_MULTIPLE} in [{SIDE_MULTIPLE}, {MAX_SIDE}], got {side}"
+        )
     return side
 
 
