@@ -92,10 +92,12 @@ def check_rate_and_length(name: str, num_frames: int, fps: float, max_seconds: f
     ``max_seconds`` (``num_frames / fps``)."""
     if num_frames <= 0:
         raise InputError(f"cannot decode video {name}: it has no video frames")
-    if not (math.isfinite(fps) and 0.0 < fps <= MAX_FPS):
+    try:
+        fps = check_fps(fps)  # the one statement of the valid range (nextgpt.media)
+    except InputError:
         raise InputError(
             f"cannot decode video {name}: invalid frame rate {fps} (valid: finite, in (0, {MAX_FPS:g}] fps)"
-        )
+        ) from None
     seconds = num_frames / fps
     if max_seconds is not None and seconds > max_seconds:
         raise InputError(
