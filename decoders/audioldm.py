@@ -129,7 +129,7 @@ class AudioLDMDecoder(Decoder):
         negative: torch.Tensor | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         audio_length_in_s: float | None = None,
         callback: ProgressCallback | None = None,
     ) -> list[np.ndarray]:
@@ -141,7 +141,8 @@ class AudioLDMDecoder(Decoder):
             num_inference_steps: denoising steps, an int in [1, 500]; default: the decoder's.
             guidance_scale: classifier-free guidance scale in [0, 100] (``<= 1`` disables guidance);
                 default: the decoder's.
-            seed: seeds a ``torch.Generator`` on the execution device; ``None``: unseeded.
+            seed: seeds a ``torch.Generator`` on the execution device (a list: one seed per item,
+                each item then as it would be alone with its seed); ``None``: unseeded.
             audio_length_in_s: clip length in seconds, in [0.05, 60]; default: the decoder's.
             callback: ``callback(steps_done, num_steps)`` after each denoising step.
 

@@ -245,10 +245,57 @@ class Decoder(abc.ABC):
     # Lazy pipeline
     # ------------------------------------------------------------------------------------------
 
+    #: Whether the built pipeline was moved to CPU memory by :meth:`offload_to_cpu` (its next use
+    #: moves it back); a class default so that the state lives with the lazy pipeline code.
+    _offloaded: bool = False
+
     @property
     def is_loaded(self) -> bool:
         """Whether the pipeline has been built (by :meth:`load` or a first use)."""
         return self._pipeline is not None
+
+    @property
+    def is_offloaded(self) -> bool:
+        """Whether the built pipeline is parked in CPU memory (:meth:`offload_to_cpu`)."""
+        return self._pipeline is not None and self._offloaded
+
+    def pipeline_bytes(self) -> int:
+        """Bytes of the built pipeline's weights: parameters and buffers of every ``torch.nn.Module``
+        in its ``components`` (each tensor counted once), wherever they are now; ``0`` when it is not
+        built (its size cannot be known before it is loaded)."""
+        pipe = self._pipeline
+        if pipe is None:
+            return 0
+        seen: set[int] = set()
+        total = 0
+        for component in pipe.components.values():
+            if not isinstance(component, torch.nn.Module):
+                continue
+            for tensor in (*component.parameters(), *component.buffers()):
+                if id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    total += tensor.numel() * tensor.element_size()
+        return total
+
+    def offload_to_cpu(self) -> None:
+        """Park the built pipeline in CPU memory, keeping it built (:meth:`unload` drops it instead);
+        its next use (:meth:`load`, :meth:`restore`) moves it back to :attr:`device`. A pipeline
+        under ``cpu_offload`` already keeps its weights in CPU memory between calls and is only
+        marked. Nothing happens when it is not built."""
+        pipe = self._pipeline
+        if pipe is None or self._offloaded:
+            return
+        if not self._model_offload:
+            pipe.to("cpu")
+        self._offloaded = True
+        self._negative = None  # cached on the device
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def restore(self) -> Any:
+        """Move a pipeline parked by :meth:`offload_to_cpu` back to :attr:`device`; build it if it is
+        not built yet (:meth:`load`). Returns the pipeline."""
+        return self.load()
 
     @property
     def pipeline(self) -> Any:
@@ -260,7 +307,8 @@ class Decoder(abc.ABC):
 
         From ``path``: the pipeline class's ``from_pretrained(dir, torch_dtype=..., local_files_only=True)``.
         Without a path: deterministic random tiny components. All weights are frozen and the
-        pipeline is moved to ``device`` (or CPU-offloaded onto it).
+        pipeline is moved to ``device`` (or CPU-offloaded onto it). A built pipeline parked by
+        :meth:`offload_to_cpu` moves back to ``device``.
 
         Raises:
             CheckpointError: ``path`` is missing, not a diffusers pipeline directory, or unreadable.
@@ -268,6 +316,9 @@ class Decoder(abc.ABC):
                 environment variable in ``path`` is unset.
         """
         if self._pipeline is not None:
+            if self._offloaded:  # parked in CPU memory by offload_to_cpu: back to the device
+                self._place(self._pipeline)
+                self._offloaded = False
             return self._pipeline
         pipe = self._build_tiny() if self.is_tiny else self._load_pretrained()
         pipe.set_progress_bar_config(disable=not self.progress_bar)
@@ -287,6 +338,7 @@ class Decoder(abc.ABC):
             if self.cpu_offload and hasattr(self._pipeline, "remove_all_hooks"):
                 self._pipeline.remove_all_hooks()
             self._pipeline = None
+            self._offloaded = False
             self._negative = None
             self._train_scheduler = None
             if self.device.type == "cuda":
@@ -306,7 +358,8 @@ class Decoder(abc.ABC):
             if self.cpu_offload and hasattr(pipe, "remove_all_hooks"):
                 pipe.remove_all_hooks()
             pipe.to(dtype=self.dtype)
-            self._place(pipe)
+            if not self._offloaded:  # a parked pipeline stays in CPU memory until its next use
+                self._place(pipe)
             self._negative = None  # cached on the old device / in the old dtype
         return self
 
@@ -359,6 +412,11 @@ class Decoder(abc.ABC):
         except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as err:
             raise CheckpointError(f"{self.kind} decoder: cannot load {path} ({expected}): {err}") from err
         return pipe
+
+    @property
+    def _model_offload(self) -> bool:
+        """Whether :meth:`_place` puts the pipeline under ``enable_model_cpu_offload``."""
+        return bool(self.cpu_offload) and self.device.type == "cuda" and torch.cuda.is_available()
 
     def _place(self, pipe: Any) -> None:
         if self.cpu_offload:
@@ -509,7 +567,7 @@ class Decoder(abc.ABC):
         negative: torch.Tensor | None,
         num_inference_steps: int | None,
         guidance_scale: float | None,
-        seed: int | None,
+        seed: int | Sequence[int] | None,
         callback: ProgressCallback | None,
         output_type: str,
         media_kwargs: dict[str, Any],
@@ -531,7 +589,7 @@ class Decoder(abc.ABC):
                 )
         steps = self.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
         scale = self.guidance_scale if guidance_scale is None else float(guidance_scale)
-        generator = None if seed is None else torch.Generator(device=self._exec_device).manual_seed(int(seed))
+        generator = self._generators(seed, batch)
         return pipe(
             prompt_embeds=self._pipeline_embeds(cond),
             negative_prompt_embeds=self._pipeline_embeds(negative.to(cond.dtype)),
@@ -542,6 +600,22 @@ class Decoder(abc.ABC):
             **media_kwargs,
             **self._progress_kwargs(callback, steps),
         )
+
+    def _generators(
+        self, seed: int | Sequence[int] | None, batch: int
+    ) -> torch.Generator | list[torch.Generator] | None:
+        """The pipeline's ``generator``: one for the batch from an int seed, or one per item from a
+        list of seeds (item ``i`` then gets the noise it would get alone with ``seed[i]``: diffusers
+        draws each item's latents from its own generator)."""
+        if seed is None:
+            return None
+        if isinstance(seed, (list, tuple)):
+            if len(seed) != batch:
+                raise InputError(
+                    f"{self.kind} decoder: {len(seed)} seeds for a batch of {batch} (pass one per item, or one int)"
+                )
+            return [torch.Generator(device=self._exec_device).manual_seed(int(s)) for s in seed]
+        return torch.Generator(device=self._exec_device).manual_seed(int(seed))
 
     @abc.abstractmethod
     def generate(self, cond: torch.Tensor, **kwargs: Any) -> list[Any]:

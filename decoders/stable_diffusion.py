@@ -12,6 +12,7 @@ Reference: Rombach et al., "High-Resolution Image Synthesis with Latent Diffusio
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -73,7 +74,7 @@ class StableDiffusionDecoder(ClipTextDecoder):
         negative: torch.Tensor | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         height: int | None = None,
         width: int | None = None,
         callback: ProgressCallback | None = None,
@@ -86,7 +87,8 @@ class StableDiffusionDecoder(ClipTextDecoder):
             num_inference_steps: denoising steps, an int in [1, 500]; default: the decoder's.
             guidance_scale: classifier-free guidance scale in [0, 100] (``<= 1`` disables guidance);
                 default: the decoder's.
-            seed: seeds a ``torch.Generator`` on the execution device; ``None``: unseeded.
+            seed: seeds a ``torch.Generator`` on the execution device (a list: one seed per item,
+                each item then as it would be alone with its seed); ``None``: unseeded.
             height: image height in pixels, a multiple of 8 in [8, 2048]; default: the decoder's.
             width: image width in pixels, a multiple of 8 in [8, 2048]; default: the decoder's.
             callback: ``callback(steps_done, num_steps)`` after each denoising step.

@@ -11,6 +11,7 @@ Reference: Wang et al., "ModelScope Text-to-Video Technical Report" (2023); diff
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -66,7 +67,7 @@ class ZeroscopeDecoder(ClipTextDecoder):
         negative: torch.Tensor | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         height: int | None = None,
         width: int | None = None,
         num_frames: int | None = None,
@@ -80,7 +81,8 @@ class ZeroscopeDecoder(ClipTextDecoder):
             num_inference_steps: denoising steps, an int in [1, 500]; default: the decoder's.
             guidance_scale: classifier-free guidance scale in [0, 100] (``<= 1`` disables guidance);
                 default: the decoder's.
-            seed: seeds a ``torch.Generator`` on the execution device; ``None``: unseeded.
+            seed: seeds a ``torch.Generator`` on the execution device (a list: one seed per item,
+                each item then as it would be alone with its seed); ``None``: unseeded.
             height: frame height in pixels, a multiple of 8 in [8, 2048]; default: the decoder's.
             width: frame width in pixels, a multiple of 8 in [8, 2048]; default: the decoder's.
             num_frames: frames per video, an int in [1, 256]; default: the decoder's.

@@ -11,6 +11,7 @@ One dependency-light dataclass tree describes a whole model and how to train it:
         outputs: {Modality: OutputConfig}       per media modality: signal tokens, output
                                                 projector, frozen diffusion decoder (one
                                                 DecoderConfig class per decoder kind)
+        decoder_memory: DecoderMemoryConfig     budget of resident decoder pipelines
       training: TrainingConfig (+ stages: {1|2|3: StageConfig})
 
 This module only declares: the value vocabularies, the dataclasses with their documented fields,
@@ -73,6 +74,7 @@ __all__ = [
     "AnyDecoderConfig",
     "AudioLDMDecoderConfig",
     "DecoderConfig",
+    "DecoderMemoryConfig",
     "EncoderConfig",
     "GroupingConfig",
     "InputProjectorConfig",
@@ -659,6 +661,46 @@ def _check_decoder_kind(modality: Modality, kind: str) -> None:
 
 
 @dataclass(kw_only=True)
+class DecoderMemoryConfig(Node):
+    """How many decoder pipelines stay loaded (:class:`nextgpt.decoders.residency.DecoderResidency`).
+
+    Pipelines load lazily, the first time their modality is decoded. With ``budget_mb`` null (the
+    default) every pipeline stays loaded once used. With a budget, decoding a modality first evicts
+    the least recently used idle pipelines until the loaded ones fit: they are unloaded (the next
+    use loads them again from their weights) or, with ``offload_idle``, parked in CPU memory (the
+    next use moves them back, faster than a reload). A pipeline in use is never evicted, and one
+    larger than the budget is still loaded, with a warning. A pipeline's size (parameters and
+    buffers of its torch modules) is measured when it is loaded; before its first load it is
+    assumed to be as large as the largest pipeline measured so far.
+    """
+
+    #: MiB (2^20 bytes) of pipeline weights kept loaded on the decoders' device; null = no limit.
+    #: 0 keeps only the pipelines in use.
+    budget_mb: float | None = None
+    #: Evict to CPU memory instead of unloading. Needs ``budget_mb`` and decoders on a GPU (on a
+    #: CPU device there is nothing to free; decoding then raises a ConfigError naming this key).
+    offload_idle: bool = False
+
+    def _validate(self) -> None:
+        if self.budget_mb is not None:
+            check(
+                self.budget_mb >= 0 and self.budget_mb != float("inf"),
+                "budget_mb",
+                f"must be a finite number of MiB >= 0 (null: no limit), got {self.budget_mb}",
+            )
+        check(
+            not self.offload_idle or self.budget_mb is not None,
+            "offload_idle",
+            "needs budget_mb: without a budget no pipeline is ever evicted (budget_mb=0 parks every idle one)",
+        )
+
+    @property
+    def budget_bytes(self) -> int | None:
+        """``budget_mb`` in bytes (``None``: no limit)."""
+        return None if self.budget_mb is None else int(self.budget_mb * 2**20)
+
+
+@dataclass(kw_only=True)
 class ModelConfig(Node):
     """Encoder -> input projector -> LLM -> per-modality output projectors and decoders."""
 
@@ -667,6 +709,8 @@ class ModelConfig(Node):
     llm: LLMConfig = field(default_factory=LLMConfig)
     #: Output media modalities (YAML keys: image, audio, video); empty = a text-only model.
     outputs: dict[Modality, OutputConfig] = field(default_factory=dict)
+    #: How many decoder pipelines stay loaded (default: no limit, each loaded on first use).
+    decoder_memory: DecoderMemoryConfig = field(default_factory=DecoderMemoryConfig)
     #: Seed of every randomly initialised part (new token rows, projectors, LoRA, and frozen parts
     #: without weights on disk): the same seed rebuilds the same model.
     seed: int = 0

@@ -1,40 +1,54 @@
-"""Generation: :meth:`NextGPT.generate` and its decoding loop, as a mixin of :class:`~nextgpt.NextGPT`.
+"""Generation: ``generate``, ``generate_batch``, ``stream`` and ``run_requests``, as a mixin of
+:class:`~nextgpt.NextGPT`.
 
-The loop (:meth:`GenerationMixin._decode`) is our own: it feeds one token at a time with the KV
-cache, forces and completes signal runs, suppresses unrequested media, stops at EOS and stop strings,
-and collects each run's states (final hidden state + input embedding, REFERENCE.md 1.2) for the
-output projectors. The mixin uses the model's parts (``llm``, ``processor``, ``decoders``,
-``encode_media``, ``embed_inputs``, ``project_outputs``) and nothing else of it.
+Every entry point goes the same way: the arguments of each conversation are checked and tokenized
+into a :class:`GenerationRequest` (:meth:`GenerationMixin.prepare_request`); :meth:`run_requests`
+then decodes any number of requests as one batch (:mod:`nextgpt.decoding`: left padding, per-row
+masks and positions, per-row signal-run control and sampling), and renders their media in batches
+per modality and decoder options (one diffusion call for every image of the batch, each with its own
+seed). ``generate`` is a batch of one; ``stream`` runs one request in a worker thread and yields its
+events as they happen. One lock per model serialises calls: concurrent callers queue, and nothing of
+one call is shared with another. The mixin uses the model's parts (``llm``, ``processor``,
+``decoders``, ``residency``, ``encode_media``, ``embed_inputs``, ``project_outputs``) and nothing
+else of it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import queue
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from nextgpt.errors import ConfigError, InputError
 from nextgpt.modality import Modality
-from nextgpt.outputs import GenerationOutput, ProgressEvent
+from nextgpt.outputs import GenerationOutput, ProgressEvent, StreamEvent
 from nextgpt.processor import parse_inputs
-from nextgpt.records import SignalRun
 
 if TYPE_CHECKING:
     from nextgpt.config import NextGPTConfig
     from nextgpt.decoders.base import Decoder
+    from nextgpt.decoders.residency import DecoderResidency
+    from nextgpt.decoding import Row, Sink
     from nextgpt.llm import LanguageModel
     from nextgpt.processor import MediaItem, Processor
+    from nextgpt.records import SignalRun
 
 #: Progress logging with ``progress=True`` goes to the model's logger, where users filter for it.
 logger = logging.getLogger("nextgpt.model")
 
+#: The bound of ``repetition_penalty`` (1 is off; transformers and vLLM take any positive value,
+#: values far above 2 garble the text).
+MAX_REPETITION_PENALTY = 10.0
 
-def _stop_index(text: str, stops) -> int | None:
-    """Where the earliest of ``stops`` begins in ``text`` (``None``: none occurs)."""
-    hits = [i for i in (text.find(stop) for stop in stops if stop) if i >= 0]
-    return min(hits) if hits else None
+#: One generation lock per model (kept outside the module: locks cannot be copied or pickled).
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
 
 
 def _progress_reporter(progress) -> Callable[[ProgressEvent], object] | None:
@@ -54,14 +68,70 @@ def _progress_reporter(progress) -> Callable[[ProgressEvent], object] | None:
     return progress
 
 
+class GenerationRequest:
+    """One conversation's checked generation arguments, tokenized (:meth:`GenerationMixin.prepare_request`).
+
+    Attributes mirror ``generate``'s arguments after checking: ``allowed`` (media modalities that may
+    be produced), ``forced`` (those that must be), ``want_text``, the sampling controls, ``stops``
+    (the template's stop strings and the caller's), ``seed``, ``decoder_options`` (per media
+    modality: the options its decoder takes, the call-wide ones overridden by ``decoder_kwargs``)
+    and ``negatives`` (per media modality: a negative prompt or negative conditioning).
+    The decoding state lives in the call, not here: a request can be run again (a server retries
+    the requests of a failed batch one by one). :meth:`cancel` may be called from any thread; it is
+    permanent.
+    """
+
+    def __init__(self, **fields: Any) -> None:
+        self.input_ids: torch.Tensor = fields.pop("input_ids")
+        self.slots: list = fields.pop("slots")
+        self.allowed: set[Modality] = fields.pop("allowed")
+        self.forced: list[Modality] = fields.pop("forced")
+        self.want_text: bool = fields.pop("want_text")
+        self.max_new_tokens: int = fields.pop("max_new_tokens")
+        self.min_new_tokens: int = fields.pop("min_new_tokens")
+        self.do_sample: bool = fields.pop("do_sample")
+        self.temperature: float = fields.pop("temperature")
+        self.top_p: float = fields.pop("top_p")
+        self.top_k: int = fields.pop("top_k")
+        self.repetition_penalty: float = fields.pop("repetition_penalty")
+        self.stops: tuple[str, ...] = fields.pop("stops")
+        self.seed: int | None = fields.pop("seed")
+        self.decoder_options: dict[Modality, dict[str, Any]] = fields.pop("decoder_options")
+        self.negatives: dict[Modality, str | torch.Tensor] = fields.pop("negatives")
+        self.progress: Callable[[ProgressEvent], object] | None = fields.pop("progress")
+        assert not fields, f"unknown request fields {sorted(fields)}"
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop this request at its next step: its text ends there (``finish_reason="cancelled"``)
+        and its media are not rendered. Thread-safe; a finished request ignores it."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._cancelled.is_set()
+
+    def __repr__(self) -> str:
+        allowed = ",".join(sorted(m.value for m in self.allowed)) or "-"
+        return (
+            f"GenerationRequest(prompt={int(self.input_ids.numel())} tokens, media={allowed}, "
+            f"max_new_tokens={self.max_new_tokens}, seed={self.seed})"
+        )
+
+
+_STREAM_END = object()
+
+
 class GenerationMixin:
-    """``generate`` and its decoding loop; mixed into :class:`~nextgpt.NextGPT`."""
+    """``generate``, ``generate_batch``, ``stream`` and their decoding loop; mixed into :class:`~nextgpt.NextGPT`."""
 
     if TYPE_CHECKING:  # what the mixin uses of the model (NextGPT sets or defines each)
         config: NextGPTConfig
         llm: LanguageModel
         processor: Processor
         decoders: dict[Modality, Decoder]
+        residency: DecoderResidency
 
         # Declarations for the type checker only (documented on NextGPT).
         @property
@@ -83,18 +153,35 @@ class GenerationMixin:
         context = getattr(hf_config, "max_position_embeddings", None)
         return int(context or self.config.model.llm.max_position_embeddings)
 
-    @torch.no_grad()
+    @property
+    def generation_lock(self) -> threading.RLock:
+        """The lock every generation call of this model holds while it runs (concurrent callers
+        queue on it; a server may hold it to run several calls back to back)."""
+        with _LOCKS_GUARD:
+            lock = _LOCKS.get(self)
+            if lock is None:
+                lock = _LOCKS[self] = threading.RLock()
+            return lock
+
+    # ------------------------------------------------------------------ public entry points
+
     def generate(
         self,
         inputs: object,
         modalities: Sequence[str | Modality] | None = None,
         *,
         max_new_tokens: int = 128,
+        min_new_tokens: int = 0,
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
         stop: Sequence[str] | None = None,
         seed: int | None = None,
+        negative_prompt: str | Mapping[str, str] | None = None,
+        negative_conditioning: Mapping[str, torch.Tensor] | None = None,
+        decoder_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         height: int | None = None,
@@ -113,15 +200,31 @@ class GenerationMixin:
                 produced (their signal tokens are suppressed); text is returned only if listed.
             max_new_tokens: text budget, an int in ``[1, context length]`` (the LLM's
                 ``max_position_embeddings``); a signal run started at the limit is still completed.
+            min_new_tokens: EOS cannot end the answer before this many tokens (an int in
+                ``[0, max_new_tokens]``; stop strings still can), as transformers' ``min_new_tokens``.
             do_sample: sample the text (a bool); greedy when False or when ``temperature`` is 0.
             temperature: 0 or a finite normal float > 0 (negative, NaN, inf and subnormal values
                 are refused).
             top_p: nucleus sampling mass, in ``(0, 1]``.
+            top_k: sample among the ``top_k`` most likely tokens only (0: all), an int in
+                ``[0, vocabulary size]``; with ``top_p`` both apply (top-k first).
+            repetition_penalty: in ``(0, 10]``, 1 is off: the logit of every token already in the
+                prompt or the answer is divided by it when positive and multiplied by it otherwise
+                (CTRL's penalty, as transformers and vLLM apply it); applies to greedy decoding too.
             stop: strings that end the answer (not returned), besides EOS and the template's own
                 (``vicuna_v0``: ``###``, as the legacy code stops): a list of non-empty str, or one
                 str (a single stop string, not a set of characters).
             seed: makes sampling and diffusion reproducible; an int in ``[0, 2**64 - 1]`` (media
                 item ``i`` of the call uses ``seed + i``, wrapping inside that range).
+            negative_prompt: what the decoders steer away from (classifier-free guidance's negative
+                branch): one str for every medium, or ``{"image": "blurry", ...}`` per modality.
+                Default: the empty prompt, as the pipelines do.
+            negative_conditioning: ``{"image": tensor}`` per modality, a decoder-space negative
+                ``[1, T <= cond_tokens, cond_dim]`` (e.g. from ``decoder.encode_captions``) instead
+                of a prompt; a modality takes one of the two negatives at most.
+            decoder_kwargs: per modality, options for that decoder only (``{"image":
+                {"num_inference_steps": 20, "height": 256}}``); each must be one its decoder takes
+                (``Decoder.OPTIONS``) and they override the call-wide options below.
             num_inference_steps: denoising steps of each decoder, in ``[1, 500]``. This and the
                 decoder options below default to each decoder's config; a decoder ignores the
                 options it does not take (``Decoder.OPTIONS``).
@@ -140,16 +243,201 @@ class GenerationMixin:
         Every argument is checked before any work starts (see :mod:`nextgpt.validate`): a bad value
         raises :class:`~nextgpt.errors.InputError` naming it and its valid range.
         """
+        request = self.prepare_request(
+            inputs,
+            modalities,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
+            stop=stop,
+            seed=seed,
+            negative_prompt=negative_prompt,
+            negative_conditioning=negative_conditioning,
+            decoder_kwargs=decoder_kwargs,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            audio_length_in_s=audio_length_in_s,
+            progress=progress,
+        )
+        return self.run_requests([request])[0]
+
+    def generate_batch(
+        self,
+        conversations: Sequence[object],
+        modalities: Sequence[Any] | None = None,
+        *,
+        seed: int | Sequence[int | None] | None = None,
+        batch_size: int = 8,
+        **options: Any,
+    ) -> list[GenerationOutput]:
+        """Answer several conversations together: one :class:`GenerationOutput` per conversation, in
+        order, each equal to what :meth:`generate` returns for it alone (greedy text token for token;
+        media within float tolerance, see docs/INFERENCE.md).
+
+        Args:
+            conversations: a list of conversations, each anything :meth:`generate` takes as
+                ``inputs`` (``["a cat", "a dog"]`` is two conversations here).
+            modalities: as :meth:`generate`'s, for every row; or a list with one entry (``None`` or
+                a list of modalities) per conversation, e.g. ``[["image"], None, ["text", "audio"]]``.
+            seed: one seed for every row (each row then matches ``generate(..., seed=seed)``), or
+                one per conversation (``None`` entries unseeded).
+            batch_size: rows decoded together, an int in ``[1, 256]``; longer lists run in chunks of
+                this size, which bounds memory whatever the list's length.
+            **options: any other :meth:`generate` argument, for every row.
+
+        Raises:
+            InputError: naming the bad argument (and the row, for a bad conversation).
+        """
+        from nextgpt import validate as check
+
+        if isinstance(conversations, (str, bytes, Mapping)) or not isinstance(conversations, Sequence):
+            raise InputError(
+                "conversations must be a list of conversations (each what generate takes as inputs), "
+                f"got {type(conversations).__name__}"
+            )
+        if not conversations:
+            raise InputError("conversations must not be empty")
+        n = len(conversations)
+        batch_size = check.check_int("batch_size", batch_size, low=1, high=256)
+        per_row_mods = (
+            isinstance(modalities, (list, tuple))
+            and len(modalities) == n
+            and all(m is None or isinstance(m, (list, tuple)) for m in modalities)
+        )
+        mods = list(modalities) if per_row_mods else [modalities] * n  # type: ignore[arg-type]
+        if isinstance(seed, (list, tuple)):
+            if len(seed) != n:
+                raise InputError(
+                    f"seed has {len(seed)} entries for {n} conversations (pass one per row, or one int)"
+                )
+            seeds = list(seed)
+        else:
+            seeds = [seed] * n
+        requests = []
+        for row, conversation in enumerate(conversations):
+            try:
+                requests.append(self.prepare_request(conversation, mods[row], seed=seeds[row], **options))
+            except InputError as err:
+                raise InputError(f"conversation {row}: {err}") from None
+        outputs: list[GenerationOutput] = []
+        for start in range(0, n, batch_size):
+            outputs += self.run_requests(requests[start : start + batch_size])
+        return outputs
+
+    def stream(
+        self,
+        inputs: object,
+        modalities: Sequence[str | Modality] | None = None,
+        *,
+        overlap_media: bool | None = None,
+        **options: Any,
+    ) -> Iterator[StreamEvent]:
+        """Answer ``inputs`` as :meth:`generate` does, yielding :class:`~nextgpt.outputs.StreamEvent`
+        objects as they happen: text deltas, each completed signal run, progress, each media item
+        when its decoder finishes, and last a ``"done"`` event with the whole output (whose text is
+        the deltas joined, and equals ``generate``'s with the same arguments).
+
+        Args:
+            inputs: as :meth:`generate`.
+            modalities: as :meth:`generate`.
+            overlap_media: render each media item in a worker thread as soon as its signal run is
+                complete, while the text goes on (default: on a CUDA device, where the two share the
+                GPU well; off on a CPU, whose cores the LLM already uses). The results do not depend
+                on it.
+            **options: any other :meth:`generate` argument.
+
+        The arguments are checked now (a bad one raises here, before iteration). The call runs in a
+        worker thread; closing the iterator early (``break``, a client that went away) cancels it at
+        its next step.
+        """
+        from nextgpt.validate import check_bool
+
+        overlap = (
+            self.device.type == "cuda"
+            if overlap_media is None
+            else check_bool("overlap_media", overlap_media)
+        )
+        request = self.prepare_request(inputs, modalities, **options)
+        return self._stream_events(request, overlap)
+
+    def _stream_events(self, request: GenerationRequest, overlap: bool) -> Iterator[StreamEvent]:
+        events: queue.SimpleQueue[object] = queue.SimpleQueue()
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self.run_requests([request], [events.put], overlap_media=overlap)
+            except BaseException as err:  # re-raised in the consumer's thread
+                failure.append(err)
+            finally:
+                events.put(_STREAM_END)
+
+        thread = threading.Thread(target=work, name="nextgpt-stream", daemon=True)
+        thread.start()
+        try:
+            while True:
+                event = events.get()
+                if event is _STREAM_END:
+                    break
+                assert isinstance(event, StreamEvent)
+                yield event
+        finally:
+            request.cancel()  # a no-op once the call has finished
+            thread.join()
+        if failure:
+            raise failure[0]
+
+    # ------------------------------------------------------------------ requests
+
+    def prepare_request(
+        self,
+        inputs: object,
+        modalities: Sequence[str | Modality] | None = None,
+        *,
+        max_new_tokens: int = 128,
+        min_new_tokens: int = 0,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
+        stop: Sequence[str] | str | None = None,
+        seed: int | None = None,
+        negative_prompt: str | Mapping[str, str] | None = None,
+        negative_conditioning: Mapping[str, torch.Tensor] | None = None,
+        decoder_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        audio_length_in_s: float | None = None,
+        progress: bool | Callable[[ProgressEvent], object] = False,
+    ) -> GenerationRequest:
+        """Check ``generate``'s arguments and tokenize the conversation: a request that
+        :meth:`run_requests` runs, alone or batched with others (what a server does).
+
+        Takes exactly :meth:`generate`'s arguments.
+
+        Raises:
+            InputError: a bad argument, named with its valid range.
+            ConfigError: a modality this model has no decoder for.
+        """
         from nextgpt import validate as check
 
         max_new_tokens = check.check_int("max_new_tokens", max_new_tokens, low=1, high=self.context_length)
-        do_sample = check.check_bool("do_sample", do_sample)
-        temperature = check.check_temperature(temperature)
-        top_p = check.check_real("top_p", top_p, low=0.0, high=1.0, low_open=True)
-        stops = self._stops(stop)
-        seed = check.check_seed(seed)
-        progress = check.check_progress(progress)
-        dec_kwargs = check.check_decoder_options(
+        min_new_tokens = check.check_int("min_new_tokens", min_new_tokens, low=0, high=max_new_tokens)
+        repetition_penalty = check.check_real(
+            "repetition_penalty", repetition_penalty, low=0.0, high=MAX_REPETITION_PENALTY, low_open=True
+        )
+        common = check.check_decoder_options(
             {
                 "num_inference_steps": num_inference_steps,
                 "guidance_scale": guidance_scale,
@@ -160,32 +448,278 @@ class GenerationMixin:
             }
         )
         allowed, forced, want_text = self._parse_modalities(modalities)
-        report = _progress_reporter(progress)
-        self.eval()
-        self.llm.set_lora_merged(True)  # inference: one matmul per projection instead of three
         enc = self.processor.encode(parse_inputs(inputs), add_generation_prompt=True)
-        ids = enc.input_ids.unsqueeze(0).to(self.device)  # (1, L)
-        embeds = self.embed_inputs(ids, self.encode_media(enc.slots))
-        gen = torch.Generator(device=self.device)
-        if seed is not None:
-            gen.manual_seed(seed)
-        if report is not None:
-            report(ProgressEvent("text"))
-        tokens, runs = self._decode(
-            embeds,
+        return GenerationRequest(
+            input_ids=enc.input_ids,
+            slots=enc.slots,
             allowed=allowed,
             forced=forced,
             want_text=want_text,
             max_new_tokens=max_new_tokens,
-            sampling=(do_sample, temperature, top_p, gen),
-            stops=stops,
+            min_new_tokens=min_new_tokens,
+            do_sample=check.check_bool("do_sample", do_sample),
+            temperature=check.check_temperature(temperature),
+            top_p=check.check_real("top_p", top_p, low=0.0, high=1.0, low_open=True),
+            top_k=check.check_int("top_k", top_k, low=0, high=self.llm.layout.vocab_size),
+            repetition_penalty=repetition_penalty,
+            stops=self._stops(stop),
+            seed=check.check_seed(seed),
+            decoder_options=self._decoder_options(common, decoder_kwargs),
+            negatives=self._negatives(negative_prompt, negative_conditioning),
+            progress=_progress_reporter(check.check_progress(progress)),
         )
-        out = GenerationOutput(text=self.processor.decode(tokens) if want_text else "", token_ids=tokens)
-        for i, run in enumerate(runs):
-            cond = self.project_outputs(run.modality, run.states.unsqueeze(0))  # (1, Q, C)
-            media = self._decode_media(run.modality, cond, check.derived_seed(seed, i), dec_kwargs, report, i)
-            out.add(run.modality, media, self.decoders[run.modality].media_rate)
+
+    def _media_key(self, value: object, what: str) -> Modality:
+        """A per-modality mapping's key as a media modality this model produces."""
+        try:
+            modality = Modality.parse(value)  # type: ignore[arg-type]
+        except (InputError, ValueError, TypeError):
+            modality = None
+        if modality is None or modality not in self.decoders:
+            have = ", ".join(m.value for m in self.output_modalities) or "none"
+            raise InputError(f"{what} has key {value!r}; this model's media outputs are: {have}")
+        return modality
+
+    def _decoder_options(
+        self, common: dict[str, Any], decoder_kwargs: Mapping[str, Mapping[str, Any]] | None
+    ) -> dict[Modality, dict[str, Any]]:
+        from nextgpt.validate import check_decoder_options
+
+        own: dict[Modality, dict[str, Any]] = {}
+        if decoder_kwargs is not None:
+            if not isinstance(decoder_kwargs, Mapping):
+                raise InputError(
+                    'decoder_kwargs must be a mapping of modality to options, e.g. {"image": '
+                    f'{{"num_inference_steps": 20}}}}, got {type(decoder_kwargs).__name__}'
+                )
+            for key, opts in decoder_kwargs.items():
+                m = self._media_key(key, "decoder_kwargs")
+                takes = self.decoders[m].OPTIONS
+                if not isinstance(opts, Mapping):
+                    raise InputError(
+                        f"decoder_kwargs[{m.value!r}] must be a mapping, got {type(opts).__name__}"
+                    )
+                unknown = [k for k in opts if k not in takes]
+                if unknown:
+                    raise InputError(
+                        f"decoder_kwargs[{m.value!r}]: the {self.decoders[m].kind} decoder takes "
+                        f"{', '.join(takes)}; not {', '.join(map(str, unknown))}"
+                    )
+                own[m] = check_decoder_options(dict(opts), prefix=f"decoder_kwargs[{m.value!r}]: ")
+        options: dict[Modality, dict[str, Any]] = {}
+        for m, decoder in self.decoders.items():
+            taken, dropped = decoder.take_options(common)
+            if dropped:
+                logger.debug("%s decoder ignores %s", m.value, dropped)
+            taken.update({k: v for k, v in own.get(m, {}).items() if v is not None})
+            options[m] = taken
+        return options
+
+    def _negatives(
+        self,
+        negative_prompt: str | Mapping[str, str] | None,
+        negative_conditioning: Mapping[str, torch.Tensor] | None,
+    ) -> dict[Modality, str | torch.Tensor]:
+        from nextgpt.validate import check_text
+
+        out: dict[Modality, str | torch.Tensor] = {}
+        if isinstance(negative_prompt, str):
+            negative_prompt = {m.value: negative_prompt for m in self.decoders}
+        if negative_prompt is not None:
+            if not isinstance(negative_prompt, Mapping):
+                raise InputError(
+                    "negative_prompt must be a str or a mapping of modality to str, "
+                    f"got {type(negative_prompt).__name__}"
+                )
+            for key, text in negative_prompt.items():
+                m = self._media_key(key, "negative_prompt")
+                if not isinstance(text, str):
+                    raise InputError(f"negative_prompt[{m.value!r}] must be a str, got {type(text).__name__}")
+                out[m] = check_text(text, f"negative_prompt[{m.value!r}]")
+        if negative_conditioning is not None:
+            if not isinstance(negative_conditioning, Mapping):
+                raise InputError(
+                    "negative_conditioning must be a mapping of modality to a tensor "
+                    f"[1, T, cond_dim], got {type(negative_conditioning).__name__}"
+                )
+            for key, tensor in negative_conditioning.items():
+                m = self._media_key(key, "negative_conditioning")
+                if m in out:
+                    raise InputError(f"{m.value}: give negative_prompt or negative_conditioning, not both")
+                out[m] = self._check_negative(m, tensor)
         return out
+
+    def _check_negative(self, modality: Modality, tensor: object) -> torch.Tensor:
+        tokens, dim = self.decoders[modality].cond_shape
+        name = f"negative_conditioning[{modality.value!r}]"
+        shape = list(tensor.shape) if isinstance(tensor, torch.Tensor) else None
+        if (
+            not isinstance(tensor, torch.Tensor)
+            or not torch.is_floating_point(tensor)
+            or tensor.ndim != 3
+            or tensor.shape[0] != 1
+            or tensor.shape[2] != dim
+            or not 1 <= tensor.shape[1] <= tokens
+        ):
+            got = f"{tensor.dtype} {shape}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise InputError(f"{name} must be a float tensor [1, T <= {tokens}, {dim}], got {got}")
+        if not bool(torch.isfinite(tensor).all()):
+            raise InputError(f"{name} holds NaN or infinite values")
+        return tensor.detach()
+
+    # ------------------------------------------------------------------ running
+
+    @torch.no_grad()
+    def run_requests(
+        self,
+        requests: Sequence[GenerationRequest],
+        sinks: Sequence[Sink | None] | None = None,
+        *,
+        overlap_media: bool = False,
+    ) -> list[GenerationOutput]:
+        """Run prepared requests as one batch; one :class:`GenerationOutput` per request, in order.
+
+        The text of every row is decoded together (:func:`nextgpt.decoding.decode_rows`); then each
+        modality's media of all rows are rendered in one decoder call per set of decoder options,
+        each item with its own seed (or, with ``overlap_media``, each item in a worker thread as
+        soon as its signal run completes). A row without media is complete when its text ends: its
+        ``"done"`` event comes then, while the other rows go on. ``sinks[b]`` (``None``: none) gets
+        row ``b``'s :class:`~nextgpt.outputs.StreamEvent` objects as they happen, from this thread (and, with
+        ``overlap_media``, from the media worker: it must be thread-safe); a sink's exception ends
+        the call. Holds :attr:`generation_lock` throughout.
+        """
+        from nextgpt.decoding import Row, decode_rows
+
+        requests = list(requests)
+        if not requests or not all(isinstance(r, GenerationRequest) for r in requests):
+            raise InputError(
+                "run_requests needs a non-empty list of GenerationRequest (from prepare_request)"
+            )
+        sink_list = list(sinks) if sinks is not None else [None] * len(requests)
+        if len(sink_list) != len(requests):
+            raise InputError(f"{len(sink_list)} sinks for {len(requests)} requests")
+        with self.generation_lock:
+            self.eval()
+            self.llm.set_lora_merged(True)  # inference: one matmul per projection instead of three
+            rows = [
+                Row(self, req, sink, b) for b, (req, sink) in enumerate(zip(requests, sink_list, strict=True))
+            ]
+            prompts = []
+            for row in rows:
+                ids = row.req.input_ids.unsqueeze(0).to(self.device)  # (1, L)
+                prompts.append(self.embed_inputs(ids, self.encode_media(row.req.slots))[0])  # (L, H)
+                self._report(row, ProgressEvent("text", row=row.row))
+            rendered: dict[tuple[int, int], list] = {}
+            finished: dict[int, GenerationOutput] = {}
+
+            def on_end(row: Row) -> None:  # an answer without media is complete now
+                if not row.runs:
+                    finished[row.row] = self._finish(row, rendered)
+
+            worker = ThreadPoolExecutor(1, thread_name_prefix="nextgpt-media") if overlap_media else None
+            futures: list[Future] = []
+            try:
+                on_run = None
+                if worker is not None:
+
+                    def on_run(row: Row, index: int, run: SignalRun) -> None:
+                        futures.append(worker.submit(self._render_in_worker, [(row, index, run)], rendered))
+
+                decode_rows(self, prompts, rows, on_run, on_end)
+                for future in futures:
+                    future.result()
+            finally:
+                if worker is not None:
+                    for future in futures:
+                        future.cancel()
+                    worker.shutdown(wait=True)
+            if worker is None:
+                items = [(row, i, run) for row in rows for i, run in enumerate(row.runs)]
+                groups: dict[tuple, list] = {}
+                for item in items:
+                    opts = item[0].req.decoder_options[item[2].modality]
+                    groups.setdefault((item[2].modality, tuple(sorted(opts.items()))), []).append(item)
+                for group in groups.values():
+                    self._render(group, rendered)
+            return [finished[row.row] if row.row in finished else self._finish(row, rendered) for row in rows]
+
+    def _finish(self, row: Row, rendered: dict[tuple[int, int], list]) -> GenerationOutput:
+        row.stream_text(final=True)
+        text = self.processor.decode(row.tokens) if row.req.want_text else ""
+        out = GenerationOutput(text=text, token_ids=row.tokens, finish_reason=row.finish_reason)
+        for i, run in enumerate(row.runs):
+            if (row.row, i) in rendered:
+                out.add(run.modality, rendered[(row.row, i)], self.decoders[run.modality].media_rate)
+        row.emit(StreamEvent("done", row.row, output=out))
+        return out
+
+    def _report(self, row: Row, event: ProgressEvent) -> None:
+        if row.req.progress is not None:
+            row.req.progress(event)
+        row.emit(StreamEvent("progress", row.row, progress=event))
+
+    def _render_in_worker(self, items: list, rendered: dict[tuple[int, int], list]) -> None:
+        with torch.no_grad():  # grad mode is per thread
+            self._render(items, rendered)
+
+    def _render(self, items: list[tuple[Row, int, SignalRun]], rendered: dict[tuple[int, int], list]) -> None:
+        """Media of ``items`` (one modality, one set of decoder options) in one decoder call: item
+        ``(row, i, run)`` is that row's media item ``i``, seeded with ``seed + i``."""
+        from nextgpt.validate import derived_seed
+
+        items = [item for item in items if not item[0].req.cancelled]
+        if not items:
+            return
+        modality = items[0][2].modality
+        opts = dict(items[0][0].req.decoder_options[modality])
+        decoder = self.residency.acquire(modality)
+        try:
+            cond = self.project_outputs(
+                modality, torch.stack([run.states for _, _, run in items])
+            )  # (N, Q, C)
+            seeds = [derived_seed(row.req.seed, i) for row, i, _ in items]
+            seed_arg: int | list[int] | None = None
+            if any(s is not None for s in seeds):  # unseeded items of a mixed batch draw a seed
+                drawn = [s if s is not None else int(torch.randint(0, 2**62, ())) for s in seeds]
+                seed_arg = drawn[0] if len(drawn) == 1 else drawn
+            negatives = [row.req.negatives.get(modality) for row, _, _ in items]
+            negative = None
+            if any(n is not None for n in negatives):
+                negative = torch.cat([self._negative_embedding(decoder, n) for n in negatives])
+            watched = [
+                (row, i) for row, i, _ in items if row.sink is not None or row.req.progress is not None
+            ]
+            callback = None
+            if watched:
+                total = int(opts.get("num_inference_steps") or decoder.num_inference_steps)
+                for row, i in watched:
+                    self._report(row, ProgressEvent("decode", modality, i, 0, total, row=row.row))
+
+                def callback(step: int, num_steps: int) -> None:
+                    for row, i in watched:
+                        self._report(row, ProgressEvent("step", modality, i, step, num_steps, row=row.row))
+
+            if negative is not None:
+                opts["negative"] = negative
+            if callback is not None:
+                opts["callback"] = callback
+            media = decoder.generate(cond, seed=seed_arg, **opts)
+        finally:
+            self.residency.release(modality)
+        for (row, i, _), item in zip(items, media, strict=True):
+            rendered[(row.row, i)] = [item]
+            row.emit(
+                StreamEvent("media", row.row, modality=modality, index=i, media=item, rate=decoder.media_rate)
+            )
+
+    @staticmethod
+    def _negative_embedding(decoder: Decoder, negative: str | torch.Tensor | None) -> torch.Tensor:
+        """One item's negative conditioning ``[1, tokens, dim]`` on the decoder's device."""
+        if negative is None:
+            return decoder.negative_conditioning(1)
+        if isinstance(negative, str):
+            return decoder.encode_captions([negative])
+        return decoder.prepare_conditioning(negative, name="negative_conditioning")
 
     def _stops(self, stop: Sequence[str] | str | None) -> tuple[str, ...]:
         from nextgpt.validate import check_stops
@@ -215,89 +749,24 @@ class GenerationMixin:
         media = [m for m in parsed if m is not Modality.TEXT]
         return set(media), list(dict.fromkeys(media)), Modality.TEXT in parsed
 
-    def _decode(self, embeds, *, allowed, forced, want_text, max_new_tokens, sampling, stops=()):
-        """Greedy/sampled decoding with signal-token control and stop strings. Returns (token ids,
-        signal runs); the ids end before the stop string that ended the answer."""
-        layout = self.llm.layout
-        first_of = {ids[0]: m for m, ids in layout.signal_ids.items()}
-        banned = set(layout.never_generated())
-        for m, ids in layout.signal_ids.items():
-            banned |= set(ids[1:])  # only the first token of a run may be chosen freely
-            if m not in allowed:
-                banned.add(ids[0])
-        banned_t = torch.tensor(sorted(banned), device=self.device, dtype=torch.long)
-        eos = set(layout.eos_ids)
-
-        out = self.llm(embeds, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1]
-        tokens: list[int] = []
-        runs: list[SignalRun] = []
-        produced: set[Modality] = set()
-        queue: list[int] = []  # forced tokens (rest of a run)
-        run_mod: Modality | None = None
-        run_states: list[torch.Tensor] = []
-
-        def feed(token: int) -> torch.Tensor:
-            nonlocal past, logits
-            emb = self.llm.embed(torch.tensor([[token]], device=self.device))
-            o = self.llm(emb, past_key_values=past, use_cache=True)
-            past, logits = o.past_key_values, o.logits[:, -1]
-            return o.hidden[0, -1] + emb[0, -1]
-
-        budget = max_new_tokens if want_text else 0
-        while True:
-            if queue:
-                token = queue.pop(0)
-            elif len(tokens) >= budget:
-                break
-            else:
-                token = self._pick(logits[0], banned_t, sampling)
-                if token in eos:
-                    break
-            tokens.append(token)
-            if token in first_of:
-                run_mod = first_of[token]
-                queue = list(layout.signal_ids[run_mod][1:])
-            elif (
-                run_mod is None
-                and stops
-                and (at := _stop_index(self.processor.decode(tokens), stops)) is not None
-            ):
-                while tokens and len(self.processor.decode(tokens)) > at:
-                    tokens.pop()  # the stop string (and any token reaching into it) is not returned
-                break
-            state = feed(token) if (queue or run_mod is not None or len(tokens) < budget) else None
-            if run_mod is not None and state is not None:  # a run in progress is always fed
-                run_states.append(state)
-                if not queue:
-                    runs.append(SignalRun(run_mod, torch.stack(run_states)))
-                    produced.add(run_mod)
-                    run_mod, run_states = None, []
-        for m in forced:  # requested media the LLM did not emit: append its run
-            if m in produced:
-                continue
-            run_ids = list(layout.signal_ids[m])
-            emb = self.llm.embed(torch.tensor([run_ids], device=self.device))
-            o = self.llm(emb, past_key_values=past, use_cache=True)
-            past = o.past_key_values
-            tokens += run_ids
-            runs.append(SignalRun(m, o.hidden[0] + emb[0]))
-        return tokens, runs
-
     @staticmethod
     def _pick(logits: torch.Tensor, banned: torch.Tensor, sampling) -> int:
         """The next token: greedy, or sampled at ``temperature`` within nucleus ``top_p``.
 
-        ``sampling`` is ``(do_sample, temperature, top_p, generator)`` as checked by :meth:`generate`
-        (temperature 0 or a normal positive float, top_p in (0, 1]). Sampling runs in float64 on
-        logits shifted so that the best is 0: any such temperature then scales them without
-        overflow (the best token keeps probability > 0), so ``multinomial`` always gets a valid
-        distribution."""
-        do_sample, temperature, top_p, gen = sampling
+        ``sampling`` is ``(do_sample, temperature, top_p, generator[, top_k])`` as checked by
+        :meth:`prepare_request` (temperature 0 or a normal positive float, top_p in (0, 1], top_k 0
+        for all). Sampling runs in float64 on logits shifted so that the best is 0: any such
+        temperature then scales them without overflow (the best token keeps probability > 0), so
+        ``multinomial`` always gets a valid distribution."""
+        do_sample, temperature, top_p, gen = sampling[:4]
+        top_k = sampling[4] if len(sampling) > 4 else 0
         logits = logits.float().clone()
         logits[banned] = float("-inf")
         if not do_sample or temperature == 0:
             return int(logits.argmax())
+        if 0 < top_k < logits.numel():
+            kth = logits.topk(top_k).values[-1]
+            logits[logits < kth] = float("-inf")
         logits = logits.double()
         probs = torch.softmax((logits - logits.max()) / temperature, dim=-1)
         if top_p < 1.0:
@@ -306,22 +775,5 @@ class GenerationMixin:
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
         return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
 
-    def _decode_media(self, modality, cond, seed, kwargs, report=None, index=0):
-        """Media item ``index`` of the call from conditioning ``cond``: the decoder gets the options
-        of ``kwargs`` it declares (``Decoder.OPTIONS``); the others are ignored (logged at DEBUG)."""
-        decoder = self.decoders[modality]
-        opts, dropped = decoder.take_options(kwargs)
-        if dropped:
-            logger.debug("%s decoder ignores %s", modality.value, dropped)
-        if report is None:
-            return decoder.generate(cond, seed=seed, **opts)
-        total = int(opts.get("num_inference_steps") or decoder.num_inference_steps)
-        report(ProgressEvent("decode", modality, index, 0, total))
 
-        def on_step(step: int, num_steps: int) -> None:
-            report(ProgressEvent("step", modality, index, step, num_steps))
-
-        return decoder.generate(cond, seed=seed, **opts, callback=on_step)
-
-
-__all__ = ["GenerationMixin"]
+__all__ = ["GenerationMixin", "GenerationRequest"]

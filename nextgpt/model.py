@@ -70,6 +70,7 @@ class NextGPT(GenerationMixin, nn.Module):
     def __init__(self, config: NextGPTConfig, *, device: str | torch.device = "cpu") -> None:
         super().__init__()
         from nextgpt.decoders import build_decoder
+        from nextgpt.decoders.residency import DecoderResidency
         from nextgpt.encoders import ImageBindEncoder
         from nextgpt.llm import LanguageModel
         from nextgpt.projectors import build_input_projector, build_output_projector
@@ -92,6 +93,8 @@ class NextGPT(GenerationMixin, nn.Module):
         self.decoders = {
             m: build_decoder(o.decoder, device=device, seed=seed) for m, o in mcfg.outputs.items()
         }
+        # Which pipelines stay loaded (model.decoder_memory): generation acquires each before use.
+        self.residency = DecoderResidency(self.decoders, mcfg.decoder_memory)
         self.processor = Processor(
             self.llm.tokenizer,
             self.llm.layout,

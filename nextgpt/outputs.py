@@ -27,6 +27,8 @@ class GenerationOutput:
         rates: per timed modality, samples per second of its media: the audio sample rate (Hz), the
             video frame rate (absent: not produced, or not known).
         token_ids: the generated token ids (signal tokens included), for inspection.
+        finish_reason: why the text ended: ``"stop"`` (EOS or a stop string), ``"length"`` (the
+            ``max_new_tokens`` budget) or ``"cancelled"`` (the request was cancelled).
         images, audios, videos: ``media[IMAGE]``, ``media[AUDIO]``, ``media[VIDEO]``.
         audio_sample_rate, video_fps: ``rates[AUDIO]``, ``rates[VIDEO]`` (``None`` when absent).
     """
@@ -35,6 +37,7 @@ class GenerationOutput:
     media: dict[Modality, list]
     rates: dict[Modality, float]
     token_ids: list[int]
+    finish_reason: str
 
     def __init__(
         self,
@@ -48,8 +51,10 @@ class GenerationOutput:
         *,
         media: dict[Modality, list] | None = None,
         rates: dict[Modality, float] | None = None,
+        finish_reason: str = "stop",
     ) -> None:
         self.text = text
+        self.finish_reason = finish_reason
         self.token_ids = list(token_ids) if token_ids is not None else []
         self.media: dict[Modality, list] = {m: [] for m in MEDIA_MODALITIES}
         for m, items in (media or {}).items():
@@ -205,6 +210,7 @@ class ProgressEvent:
         modality: the media modality being decoded (``None`` for ``"text"``).
         index: the media item of the call (``None`` for ``"text"``).
         step, total: diffusion steps done and planned for the item (``0, 0`` for ``"text"``).
+        row: the conversation's place in a batch (``generate_batch``; 0 otherwise).
     """
 
     stage: str
@@ -212,6 +218,7 @@ class ProgressEvent:
     index: int | None = None
     step: int = 0
     total: int = 0
+    row: int = 0
 
     @property
     def fraction(self) -> float | None:
@@ -226,4 +233,39 @@ class ProgressEvent:
         return f"decoding {name}: step {self.step}/{self.total}"
 
 
-__all__ = ["PROGRESS_STAGES", "GenerationOutput", "ProgressEvent"]
+#: The kinds of :class:`StreamEvent`, in the order a row's events can come.
+STREAM_KINDS = ("text", "signal", "progress", "media", "done")
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One event of ``NextGPT.stream`` (or of a sink given to ``NextGPT.run_requests``).
+
+    ``kind`` is one of :data:`STREAM_KINDS`:
+
+    * ``"text"``: ``text`` is the answer's next characters (whole characters, without signal or
+      other added tokens; a piece that may still become a stop string is held back until it cannot).
+      The deltas of a call add up to the final ``output.text``.
+    * ``"signal"``: the LLM completed the signal run of media item ``index`` (``modality``); its
+      decoder can start.
+    * ``"progress"``: ``progress`` is the :class:`ProgressEvent` the call reports (the text starts, a
+      media item starts decoding, one of its diffusion steps is done).
+    * ``"media"``: media item ``index`` of ``modality`` is ready: ``media`` is a PIL image, a float32
+      waveform ``[N]`` or uint8 frames ``[T, H, W, 3]``; ``rate`` its sample rate or frame rate.
+    * ``"done"``: ``output`` is the whole :class:`GenerationOutput`; always the last event.
+
+    ``row`` is the conversation's place in a batch (0 for ``stream``).
+    """
+
+    kind: str
+    row: int = 0
+    text: str = ""
+    modality: Modality | None = None
+    index: int | None = None
+    media: object = None
+    rate: float | None = None
+    progress: ProgressEvent | None = None
+    output: GenerationOutput | None = None
+
+
+__all__ = ["PROGRESS_STAGES", "STREAM_KINDS", "GenerationOutput", "ProgressEvent", "StreamEvent"]

@@ -62,6 +62,7 @@ __all__ = [
     "check_progress",
     "check_real",
     "check_seed",
+    "check_seeds",
     "check_side",
     "check_stops",
     "check_temperature",
@@ -164,6 +165,21 @@ def check_seed(value: Any, name: str = "seed") -> int | None:
     return int(value)
 
 
+def check_seeds(value: Any, name: str = "seed") -> int | list[int] | None:
+    """A decoder's ``seed``: ``None``, one seed, or a non-empty list of seeds (one per item)."""
+    if not isinstance(value, (list, tuple)):
+        return check_seed(value, name)
+    if not value:
+        raise InputError(f"{name} must be None, an int or a non-empty list of ints, got []")
+    seeds = []
+    for i, item in enumerate(value):
+        checked = check_seed(item, f"{name}[{i}]")
+        if checked is None:
+            raise InputError(f"{name}[{i}] must be an int in [0, 2**64 - 1], got None")
+        seeds.append(checked)
+    return seeds
+
+
 def derived_seed(seed: int | None, offset: int) -> int | None:
     """The seed of the ``offset``-th media item of one call (wraps inside the seed range)."""
     return None if seed is None else (seed + offset) % (MAX_SEED + 1)
@@ -256,7 +272,7 @@ DECODER_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
     "width": check_side,
     "num_frames": _frames,
     "audio_length_in_s": _audio_length,
-    "seed": lambda name, value: check_seed(value, name),
+    "seed": lambda name, value: check_seeds(value, name),
 }
 
 

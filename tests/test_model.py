@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from nextgpt import Audio, NextGPT
+from nextgpt.decoding import Row, decode_rows
 from nextgpt.errors import CheckpointError, ConfigError, InputError
 from nextgpt.modality import Modality
 from nextgpt.processor import Processor, parse_inputs
@@ -102,16 +103,13 @@ def test_signal_states_match_a_teacher_forced_pass(model: NextGPT, red, monkeypa
     _boost(model, monkeypatch, model.llm.layout.signal_ids[Modality.IMAGE][0])
     enc = model.processor.encode([red, "hi"])
     ids = enc.input_ids.unsqueeze(0)
+    request = model.prepare_request([red, "hi"], max_new_tokens=3)
+    request.allowed = {Modality.IMAGE}
+    row = Row(model, request, None, 0)
     with torch.no_grad():
         embeds = model.embed_inputs(ids, model.encode_media(enc.slots))
-        tokens, runs = model._decode(
-            embeds,
-            allowed={Modality.IMAGE},
-            forced=[],
-            want_text=True,
-            max_new_tokens=3,
-            sampling=(False, 1.0, 1.0, None),
-        )
+        decode_rows(model, [embeds[0]], [row])
+        tokens, runs = row.tokens, row.runs
         full_ids = torch.cat([ids, torch.tensor([tokens])], dim=1)
         full_embeds = torch.cat([embeds, model.llm.embed(torch.tensor([tokens]))], dim=1)
         hidden = model.llm(full_embeds, compute_logits=False).hidden
