@@ -14,7 +14,7 @@ OUT ?= runs/$(PRESET)
 OVERRIDES ?=
 STAGE_PRESET ?= tiny
 
-.PHONY: install test lint format typecheck demo help data-demo stage1 stage2 stage3 serve gpu-check
+.PHONY: install test lint format typecheck demo help data-demo stage1 stage2 stage3 serve serve-api gpu-check
 
 help:
 	@echo "make install   install nextgpt (editable) + test tools into the active Python ($(PYTHON))"
@@ -26,6 +26,7 @@ help:
 	@echo "make data-demo build the small real demo dataset into DATA=$(DATA)"
 	@echo "make stage1|stage2|stage3  train a stage: PRESET= (default tiny) DATA= OUT= OVERRIDES='k=v ...'"
 	@echo "make serve     web chat demo on 127.0.0.1 (PRESET=$(PRESET))"
+	@echo "make serve-api OpenAI-compatible HTTP API on 127.0.0.1:8000 (PRESET=$(PRESET); docs/API.md)"
 	@echo "make gpu-check on a CUDA machine: one step of every stage of both 7B presets, DDP, generate (true shapes)"
 
 install:
@@ -62,6 +63,9 @@ stage1 stage2 stage3:
 
 serve:
 	$(PYTHON) -m nextgpt.cli serve --preset $(PRESET)
+
+serve-api:
+	$(PYTHON) -m nextgpt.cli serve --api --preset $(PRESET)
 
 # On a CUDA machine: the real run's shapes with random weights (bench/gpu_check.py); < 10 min on one H100.
 GPU_CHECK_JSON ?= runs/gpu_check.json

@@ -19,7 +19,10 @@ it with ``interrupted`` (exit status 130).
 ``nextgpt serve`` carries every option of :func:`nextgpt.web.serve`, with its defaults: it keeps each
 chat to its last 8 rounds, closes sessions idle for ``--session-ttl-minutes`` (60), keeps all
 sessions' files under ``--max-disk-mb`` (2048) and checks uploads against ``--max-upload-mb`` and
-``--max-media-seconds``; on SIGTERM/SIGINT it removes the sessions' files.
+``--max-media-seconds``; on SIGTERM/SIGINT it removes the sessions' files. ``nextgpt serve --api``
+serves the OpenAI-compatible HTTP API instead (:func:`nextgpt.api.serve_api`, port 8000), batching
+requests (``--batch-window-ms``, ``--max-batch``) and keeping the same upload limits; there the TTL
+and disk limit bound the answers' media files and uploaded files.
 """
 
 from __future__ import annotations
@@ -289,12 +292,33 @@ def _import_legacy_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args) -> int:
-    """``nextgpt serve``: run :func:`nextgpt.web.serve` with the command line's options until it is
-    stopped."""
-    from nextgpt.web import serve
+    """``nextgpt serve``: run :func:`nextgpt.web.serve` (the web chat) or, with ``--api``,
+    :func:`nextgpt.api.serve_api` (the OpenAI-compatible HTTP API) with the command line's options until
+    it is stopped."""
+    from nextgpt import web
 
     _check_model_args(args)  # before the model load, as generate and chat do
-    serve(
+    if args.api:
+        if args.share:
+            raise NextGPTError("--share is for the web chat; the API serves on --host/--port only")
+        from nextgpt.api import serve_api
+
+        model = _load_model(args)
+        serve_api(
+            model,
+            host=args.host,
+            port=args.port if args.port_given else API_DEFAULT_PORT,
+            model_name=args.served_model_name,
+            max_upload_mb=args.max_upload_mb,
+            max_media_seconds=args.max_media_seconds,
+            batch_window_ms=args.batch_window_ms,
+            max_batch=args.max_batch,
+            output_dir=args.output_dir,
+            media_ttl_s=args.session_ttl_minutes * 60,
+            max_disk_mb=args.max_disk_mb,
+        )
+        return 0
+    web.serve(
         preset=args.preset,
         model_dir=args.model,
         overrides=args.override,
@@ -311,6 +335,23 @@ def cmd_serve(args) -> int:
     return 0
 
 
+#: ``nextgpt serve --api``'s default port (vLLM's); the web chat's is :data:`nextgpt.web.DEFAULT_PORT`.
+API_DEFAULT_PORT = 8000
+#: ``nextgpt serve --api``'s batching defaults (:mod:`nextgpt.api.batcher`; kept here so that ``--help``
+#: imports neither fastapi nor torch).
+API_BATCH_WINDOW_MS = 20.0
+API_MAX_BATCH = 8
+
+
+class _GivenPort(argparse.Action):
+    """``--port``, remembering that it was given (``args.port_given``): the web chat and the API have
+    different default ports."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.port_given = True
+
+
 def _serve_args(p: argparse.ArgumentParser) -> None:
     from nextgpt import web  # light: neither gradio nor torch
 
@@ -322,9 +363,38 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         "demo to the network, without authentication)",
     )
     p.add_argument(
-        "--port", type=int, default=web.DEFAULT_PORT, help=f"TCP port (default {web.DEFAULT_PORT})"
+        "--port",
+        type=int,
+        default=web.DEFAULT_PORT,
+        action=_GivenPort,
+        help=f"TCP port (default {web.DEFAULT_PORT}; with --api {API_DEFAULT_PORT})",
     )
+    p.set_defaults(port_given=False)
     p.add_argument("--share", action="store_true", help="ask Gradio for a public link (needs the internet)")
+    p.add_argument(
+        "--api",
+        action="store_true",
+        help="serve the OpenAI-compatible HTTP API (/v1/chat/completions, /v1/images/generations, "
+        "/v1/models; docs/API.md) instead of the web chat",
+    )
+    p.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=API_BATCH_WINDOW_MS,
+        help="--api: how long to wait for more requests to batch with the first one "
+        f"(default {API_BATCH_WINDOW_MS:g})",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=API_MAX_BATCH,
+        help=f"--api: most requests generated together (default {API_MAX_BATCH}; 1: no batching)",
+    )
+    p.add_argument(
+        "--served-model-name",
+        default=None,
+        help="--api: the model name clients send (default: the config's name, e.g. small)",
+    )
     p.add_argument(
         "--max-upload-mb",
         type=float,
@@ -341,15 +411,16 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         "--session-ttl-minutes",
         type=float,
         default=web.DEFAULT_SESSION_TTL_S / 60,
-        help="close chat sessions idle this long and delete their files "
-        f"(default {web.DEFAULT_SESSION_TTL_S / 60:g})",
+        help="close chat sessions idle this long and delete their files (--api: how long answers' media "
+        f"files and uploaded files are kept) (default {web.DEFAULT_SESSION_TTL_S / 60:g})",
     )
     p.add_argument(
         "--max-disk-mb",
         type=float,
         default=web.DEFAULT_MAX_TOTAL_BYTES / 2**20,
         help="size limit of all sessions' files together; least recently used idle sessions are "
-        f"closed first, then uploads are refused (default {web.DEFAULT_MAX_TOTAL_BYTES / 2**20:g})",
+        "closed first, then uploads are refused (--api: of answers' media files and uploaded files, "
+        f"oldest removed first) (default {web.DEFAULT_MAX_TOTAL_BYTES / 2**20:g})",
     )
     p.add_argument(
         "--output-dir",
@@ -517,7 +588,11 @@ COMMANDS: dict[str, Command | Group] = {
     "import-legacy": Command(
         cmd_import_legacy, "import the official NExT-GPT pytorch_model.pt", _import_legacy_args
     ),
-    "serve": Command(cmd_serve, "web chat demo (needs the [demo] extra: gradio)", _serve_args),
+    "serve": Command(
+        cmd_serve,
+        "web chat demo (needs the [demo] extra: gradio); --api: OpenAI-compatible HTTP API ([api] extra)",
+        _serve_args,
+    ),
     "demo": Command(
         cmd_demo,
         "the main job on a preset (default small) end to end, saying what ran (make demo)",

@@ -23,6 +23,7 @@ SUBPACKAGES = [
     "nextgpt",
     "nextgpt.mediaio",
     "nextgpt.web",
+    "nextgpt.api",
     "nextgpt.encoders",
     "nextgpt.projectors",
     "nextgpt.decoders",
