@@ -228,18 +228,30 @@ def test_generate_latency_smoke(bench, tmp_path):
 def test_memory_smoke(bench, tmp_path):
     data = run_script(bench, "memory", tmp_path)
     rows = {r["mode"]: r for r in data["results"]}
-    assert set(rows) == {"resident", "lazy"}  # offload needs CUDA
+    assert set(rows) == {"default", "budget"}  # offload needs CUDA
     for row in rows.values():
         positive_finite(row, ["baseline_gib", "peak_gib", "scenario_s"])
-        assert row["peak_gib"] >= row["baseline_gib"]
-        assert "stand-in" in row["metric"]
-    assert rows["resident"]["decoders_loaded_at_end"] == 3
-    assert rows["lazy"]["decoders_loaded_at_end"] == 0
-    # Resident keeps all three pipelines; lazy only ever holds one.
-    resident, lazy = rows["resident"]["decoder_weights_gib"], rows["lazy"]["decoder_weights_gib"]
-    assert resident == lazy and set(resident) == {"image", "audio", "video"}
-    assert rows["resident"]["decoder_weights_on_device_gib"] == pytest.approx(sum(resident.values()))
-    assert rows["lazy"]["decoder_weights_on_device_gib"] == pytest.approx(max(lazy.values()))
+        assert row["peak_gib"] >= row["baseline_gib"] and "stand-in" in row["metric"] and row["loads"] == 3
+    default, budget = rows["default"], rows["budget"]
+    # No budget: every pipeline stays once used; a one-pipeline budget evicts the other two.
+    assert default["decoders_loaded_at_end"] == 3 and default["evictions"] == 0
+    assert budget["decoders_loaded_at_end"] == 1 and budget["evictions"] == 2
+    sizes = default["pipeline_mib"]
+    assert set(sizes) == {"image", "audio", "video"}
+    assert budget["budget_mb"] == pytest.approx(1.05 * max(sizes.values()))
+    assert default["decoder_weights_held_mib"] == pytest.approx(sum(sizes.values()))
+    assert budget["decoder_weights_held_mib"] <= budget["budget_mb"]
+
+
+@pytest.mark.slow
+def test_batching_smoke(bench, tmp_path):
+    data = run_script(bench, "batching", tmp_path)
+    rows = data["results"]
+    assert {r["mode"] for r in rows} >= {"one at a time", "batched", "first text delta", "whole answer"}
+    for row in rows:
+        positive_finite(row, ["seconds"])
+    assert data["summary"]["batched text equals one at a time (greedy, token for token)"] is True
+    assert 0 < data["summary"]["first text delta / whole answer (stream)"] < 1
 
 
 @pytest.mark.slow
