@@ -10,7 +10,12 @@ from nextgpt.modality import Modality
 
 __version__ = "0.1.0"
 
-_LAZY = {"NextGPT": "nextgpt.model", "GenerationOutput": "nextgpt.outputs"}
+_LAZY = {
+    "NextGPT": "nextgpt.model",
+    "GenerationOutput": "nextgpt.outputs",
+    "StreamEvent": "nextgpt.outputs",
+    "GenerationRequest": "nextgpt.generation",
+}
 
 
 def __getattr__(name: str):
@@ -26,11 +31,13 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "GenerationOutput",
+    "GenerationRequest",
     "InputError",
     "Modality",
     "NextGPT",
     "NextGPTConfig",
     "NextGPTError",
+    "StreamEvent",
     "UnsafeCheckpointError",
     "Video",
     "__version__",
