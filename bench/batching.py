@@ -14,6 +14,7 @@ conversation, and time to the first streamed text vs the full answer.
 Everything is measured in one process on the same weights, after one warm-up of each path.
 
     python -m bench.batching --size small --device cpu
+    python -m bench.batching --preset small --device cpu      # the shipped small preset (SmolLM2-135M)
     python -m bench.batching --size full --device cuda --json batching.json
 """
 
@@ -44,6 +45,11 @@ def parse_args(argv):
     ap.add_argument("--tokens", type=int, default=32, help="new text tokens per conversation")
     ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: the size's)")
     ap.add_argument("--repeats", type=int, default=1, help="timed runs of each path (best kept)")
+    ap.add_argument(
+        "--preset",
+        default=None,
+        help="measure this shipped preset (e.g. small: SmolLM2-135M with its weights) instead of --size",
+    )
     return ap.parse_args(argv)
 
 
@@ -77,7 +83,12 @@ def _timed(device, fn, repeats: int):
 
 def run(args) -> Report:
     device, dtypes = setup(args)
-    model = build_model(args.size, device, dtypes)
+    if args.preset:
+        from nextgpt import NextGPT
+
+        model = NextGPT.from_preset(args.preset, device=device)
+    else:
+        model = build_model(args.size, device, dtypes)
     model.eval()
     suppress_eos(model)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.batch)]
@@ -145,7 +156,8 @@ def run(args) -> Report:
         }
     )
 
-    printable_only(model)  # stream: the text must show characters for its first delta to exist
+    if not args.preset:  # stream: the text must show characters for its first delta to exist
+        printable_only(model)
 
     def streamed():
         marks: dict[str, float] = {}
@@ -166,7 +178,7 @@ def run(args) -> Report:
         rows.append({"what": "stream, text + image", "mode": label, "seconds": marks[kind]})
     return Report(
         benchmark="batching",
-        size=args.size,
+        size=f"{args.size} (preset {args.preset})" if args.preset else args.size,
         env=env_info(device, dtypes),
         columns=[
             ("what", "workload"),

@@ -14,8 +14,11 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from media_fixtures import (
     synthetic_image,
@@ -28,7 +31,7 @@ from media_fixtures import (
 from PIL import Image
 
 from nextgpt import Audio, GenerationOutput, InputError, Modality, Video
-from nextgpt.outputs import ProgressEvent
+from nextgpt.outputs import ProgressEvent, StreamEvent
 from nextgpt.validate import check_progress
 from nextgpt.web import (
     ChatBackend,
@@ -167,7 +170,9 @@ class FakeModel:
 
     ``progress`` follows ``NextGPT.generate``: a callable gets the :class:`ProgressEvent` sequence of
     the real model ("text", then "decode" and each "step" of the image); ``True`` logs the steps on
-    the ``nextgpt.model`` logger as the real model does (the backend must not rely on that)."""
+    the ``nextgpt.model`` logger as the real model does (the backend must not rely on that).
+    :meth:`stream` gives ``generate``'s answer as ``NextGPT.stream``'s events (subclasses that
+    change ``generate`` change both)."""
 
     context_length = 512  # what the page bounds its max-new-tokens slider by
     steps = 2
@@ -175,12 +180,16 @@ class FakeModel:
     def __init__(self) -> None:
         self.calls: list[dict] = []
 
+    def _progress_events(self) -> list[ProgressEvent]:
+        events = [ProgressEvent("text"), ProgressEvent("decode", Modality.IMAGE, 0, 0, self.steps)]
+        return events + [
+            ProgressEvent("step", Modality.IMAGE, 0, k, self.steps) for k in range(1, self.steps + 1)
+        ]
+
     def generate(self, inputs, modalities=None, **kwargs) -> GenerationOutput:
         self.calls.append({"inputs": inputs, "modalities": modalities, **kwargs})
         progress = check_progress(kwargs.get("progress", False))
-        events = [ProgressEvent("text"), ProgressEvent("decode", Modality.IMAGE, 0, 0, self.steps)]
-        events += [ProgressEvent("step", Modality.IMAGE, 0, k, self.steps) for k in range(1, self.steps + 1)]
-        for event in events:
+        for event in self._progress_events():
             if progress is True and event.stage == "step":
                 logging.getLogger("nextgpt.model").info(
                     "%s diffusion step %d/%d", "image", event.step, event.total
@@ -189,6 +198,29 @@ class FakeModel:
                 progress(event)
         n = len(self.calls)
         return GenerationOutput(text=f"answer {n}", images=[Image.new("RGB", (8, 8), (n, 0, 0))])
+
+    def stream(self, inputs, modalities=None, **kwargs) -> Iterator[StreamEvent]:
+        """``generate``'s answer as events: text (in two deltas), the image's signal run, its decode
+        progress, the image, done."""
+        out = self.generate(inputs, modalities, **kwargs)
+        text, images = self._progress_events()[:1], self._progress_events()[1:]
+        yield StreamEvent("progress", progress=text[0])
+        head, _, tail = out.text.rpartition(" ")
+        for delta in (f"{head} ", tail) if head else (out.text,):
+            yield StreamEvent("text", text=delta)
+        for i, image in enumerate(out.images):
+            yield StreamEvent("signal", modality=Modality.IMAGE, index=i)
+            for event in images:
+                yield StreamEvent("progress", progress=replace(event, index=i))
+            yield StreamEvent("media", modality=Modality.IMAGE, index=i, media=image)
+        yield StreamEvent("done", output=out)
+
+
+def run_round(backend: ChatBackend, *args, **kwargs) -> list[dict]:
+    """One round of ``backend.respond`` (a generator of the display) to its end: the last display."""
+    displays = list(backend.respond(*args, **kwargs))
+    assert displays, "respond yields the display at least once"
+    return displays[-1]
 
 
 def test_history_to_messages_keeps_media_and_roles(tmp_path, media):
@@ -216,18 +248,20 @@ def test_backend_rejects_bad_upload_without_calling_the_model(tmp_path, media):
     backend = ChatBackend(model, output_dir=tmp_path / "out")
     session = backend.new_session()
     warnings: list[str] = []
-    display = backend.respond(session, "look", [media["garbage"]], GenerationSettings(), warn=warnings.append)
+    display = run_round(
+        backend, session, "look", [media["garbage"]], GenerationSettings(), warn=warnings.append
+    )
     assert model.calls == []
     assert display[-1]["role"] == "assistant"
     assert display[-1]["content"].startswith("Upload rejected: garbage.png: cannot decode image")
     assert warnings and warnings[0].startswith("Upload rejected: garbage.png")
     assert session.exchanges == []  # a rejected turn does not enter the model's history
     # a good file in the same message does not get the bad one through
-    backend.respond(session, "look", [media["png"], media["wav_as_png"]], GenerationSettings())
+    run_round(backend, session, "look", [media["png"], media["wav_as_png"]], GenerationSettings())
     assert model.calls == [] and "sound.png: the name says image" in session.display[-1]["content"]
     # too many files
     backend.limits = UploadLimits(max_files=1)
-    backend.respond(session, "x", [media["png"], media["png"]], GenerationSettings())
+    run_round(backend, session, "x", [media["png"], media["png"]], GenerationSettings())
     assert model.calls == [] and "at most 1 per message" in session.display[-1]["content"]
 
 
@@ -237,11 +271,11 @@ def test_backend_reads_media_only_from_the_upload_folder(tmp_path, media):
     uploads.mkdir()
     backend = ChatBackend(model, output_dir=tmp_path / "out", upload_dir=uploads)
     session = backend.new_session()
-    backend.respond(session, "hi", [media["png"]], GenerationSettings())  # a real file, but not an upload
+    run_round(backend, session, "hi", [media["png"]], GenerationSettings())  # a real file, but not an upload
     assert model.calls == []
     assert "photo.png: not an upload of this page" in session.display[-1]["content"]
     ok = shutil.copyfile(media["png"], uploads / "photo.png")
-    backend.respond(session, str(media["wav"]), [ok], GenerationSettings())
+    run_round(backend, session, str(media["wav"]), [ok], GenerationSettings())
     (call,) = model.calls
     (turn,) = call["inputs"]
     image, text = turn["content"]
@@ -257,8 +291,8 @@ def test_backend_round_trip_history_outputs_and_settings(tmp_path, media):
         modalities=["text", "image"], seed=3, num_inference_steps=4, guidance_scale=2.5, max_new_tokens=9
     )
     reports: list[tuple[float | None, str]] = []
-    display = backend.respond(
-        session, "draw it", [media["png"]], settings, progress=lambda f, d: reports.append((f, d))
+    display = run_round(
+        backend, session, "draw it", [media["png"]], settings, progress=lambda f, d: reports.append((f, d))
     )
     call = model.calls[0]
     assert call["modalities"] == ["text", "image"]
@@ -268,13 +302,10 @@ def test_backend_round_trip_history_outputs_and_settings(tmp_path, media):
         2.5,
         9,
     )
-    # progress: text first, then the diffusion steps the model reported to its callback, then saving
-    assert callable(call["progress"])  # a callback, not the log (progress=True)
-    descs = [d for _, d in reports]
-    assert descs[0] == "generating text..."
-    assert "decoding image: step 1/2" in descs and "decoding image: step 2/2" in descs
-    assert reports[descs.index("decoding image: step 2/2")][0] == pytest.approx(1.0)
-    assert descs[-1] == "saving outputs..."
+    # the chat's sampling defaults: greedy, with the repetition penalty that stops small's loops
+    assert (call["do_sample"], call["repetition_penalty"], call["top_k"]) == (False, 1.2, 0)
+    assert "progress" not in call  # progress comes from the stream's events
+    # progress: text first, then the diffusion steps the model reported, then saving
     assert reports == [
         (None, "generating text..."),
         (0.0, "decoding image: step 0/2"),
@@ -294,26 +325,154 @@ def test_backend_round_trip_history_outputs_and_settings(tmp_path, media):
     out_image = Path(display[3]["content"]["path"])
     assert out_image.name == "reply_image0.png" and out_image.is_file()
     assert out_image.is_relative_to(session.directory)
+    assert (out_image.parent / "reply.txt").read_text() == "answer 1\n"  # as GenerationOutput.save
+    assert sorted(p.name for p in out_image.parent.iterdir()) == [
+        "reply.txt",
+        "reply_image0.png",
+        "upload0_photo.png",
+    ]
 
     # second round: the history (user media + answer text) goes to the model
-    backend.respond(session, "again", [], GenerationSettings())
+    run_round(backend, session, "again", [], GenerationSettings())
     msgs = model.calls[1]["inputs"]
     assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
     assert isinstance(msgs[0]["content"][0], Path) and msgs[0]["content"][1] == "draw it"
     assert msgs[1]["content"] == "answer 1"
     assert msgs[2]["content"] == ["again"]
     assert model.calls[1]["modalities"] is None  # nothing ticked: the model decides
-
-    # errors from the library become a chat message, not a crash
-    def broken(*args, **kwargs):
-        raise InputError("text contains the reserved token '<image>'")
-
-    model.generate = broken
-    backend.respond(session, "<image>", [], GenerationSettings())
-    assert session.display[-1]["content"] == "Error: text contains the reserved token '<image>'"
-    assert len(session.exchanges) == 2
     session.close()
     assert not session.directory.exists()
+
+
+def _answers(display: list[dict]) -> list:
+    """The answer's messages of the last round (after the last user message)."""
+    k = max(i for i, m in enumerate(display) if m["role"] == "user")
+    return [m["content"] for m in display[k + 1 :]]
+
+
+def test_respond_streams_text_then_progress_lines_then_the_image(tmp_path):
+    """Each event updates the chat: text deltas grow the answer, the image has a placeholder line with
+    its decode progress until it is shown in its place; the last display is the one-shot layout."""
+    model = FakeModel()
+    backend = ChatBackend(model, output_dir=tmp_path / "out")
+    session = backend.new_session()
+    run_round(backend, session, "first", [], GenerationSettings())
+    earlier = list(session.display)
+    displays = list(backend.respond(session, "draw", [], GenerationSettings()))
+    assert all(d[: len(earlier)] == earlier for d in displays)  # earlier rounds stay above
+    steps = [_answers(d) for d in displays]
+    image = {"path": str(session.rounds[-1].directory / "reply_image0.png")}
+    assert steps == [
+        [],  # the user's turn, before the model's first event
+        ["generating text..."],
+        ["answer "],
+        ["answer 2"],
+        ["answer 2", "preparing image..."],
+        ["answer 2", "decoding image: step 0/2"],
+        ["answer 2", "decoding image: step 1/2"],
+        ["answer 2", "decoding image: step 2/2"],
+        ["answer 2", image],
+        ["answer 2", image],  # the round recorded: session.display
+    ]
+    assert displays[-1] == session.display and displays[-1] is not session.display
+    assert Path(image["path"]).is_file()
+    assert [m["content"] for m in session.display[len(earlier) :]] == ["draw", "answer 2", image]
+
+
+def test_respond_shows_media_in_one_shot_order_and_saves_each_as_generate_would(tmp_path):
+    """Items stream in signal-run order (audio, image, image here); the chat shows them as the
+    one-shot answer did (images, then sounds) and each file has GenerationOutput.save's name."""
+
+    class Mixed(FakeModel):
+        def stream(self, inputs, modalities=None, **kwargs):
+            wave = np.zeros(1600, np.float32)
+            red, blue = Image.new("RGB", (4, 4), (255, 0, 0)), Image.new("RGB", (4, 4), (0, 0, 255))
+            items = [(Modality.AUDIO, wave, 16000), (Modality.IMAGE, red, None), (Modality.IMAGE, blue, None)]
+            yield StreamEvent("text", text="here")
+            for i, (m, _, _) in enumerate(items):
+                yield StreamEvent("signal", modality=m, index=i)
+            for i, (m, item, rate) in enumerate(items):
+                yield StreamEvent("media", modality=m, index=i, media=item, rate=rate)
+            out = GenerationOutput("here", images=[red, blue], audios=[wave], audio_sample_rate=16000)
+            yield StreamEvent("done", output=out)
+
+    backend = ChatBackend(Mixed(), output_dir=tmp_path / "out")
+    session = backend.new_session()
+    displays = list(backend.respond(session, "go", [], GenerationSettings()))
+    names = [Path(c["path"]).name if isinstance(c, dict) else c for c in _answers(displays[-1])]
+    assert names == ["here", "reply_image0.png", "reply_image1.png", "reply_audio0.wav"]
+    # while streaming, the slots already stand in that order
+    assert _answers(displays[4]) == ["here", "preparing image...", "preparing image...", "preparing audio..."]
+    folder = session.rounds[-1].directory
+    assert Image.open(folder / "reply_image1.png").getpixel((0, 0)) == (0, 0, 255)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "reply.txt",
+        "reply_audio0.wav",
+        "reply_image0.png",
+        "reply_image1.png",
+    ]  # nothing left of the per-medium scratch folders
+
+
+@pytest.mark.parametrize("when", ["at the call", "mid-stream"])
+def test_a_failed_generation_shows_one_error_and_leaves_no_history(tmp_path, when):
+    model = FakeModel()
+    backend = ChatBackend(model, output_dir=tmp_path / "out")
+    session = backend.new_session()
+    run_round(backend, session, "hello", [], GenerationSettings())
+    before = [dict(m) for m in session.display]
+
+    def broken(inputs, modalities=None, **kwargs):
+        if when == "at the call":  # as NextGPT.stream checks its arguments before iterating
+            raise InputError("text contains the reserved token '<image>'")
+
+        def events():
+            yield StreamEvent("text", text="partial answer")
+            yield StreamEvent("signal", modality=Modality.IMAGE, index=0)
+            yield StreamEvent("media", modality=Modality.IMAGE, index=0, media=Image.new("RGB", (4, 4)))
+            raise InputError("text contains the reserved token '<image>'")
+
+        return events()
+
+    model.stream = broken
+    warnings: list[str] = []
+    displays = list(backend.respond(session, "<image>", [], GenerationSettings(), warn=warnings.append))
+    message = "Error: text contains the reserved token '<image>'"
+    assert warnings == [message]
+    assert session.display[: len(before)] == before
+    assert [m["content"] for m in session.display[len(before) :]] == ["<image>", message]
+    assert displays[-1] == session.display  # the partial answer is gone from the chat
+    assert len(session.exchanges) == 1  # and from the history
+    folder = session.rounds[-1].directory
+    assert list(folder.iterdir()) == []  # the partial answer's image is deleted
+    # an unexpected failure: logged, one generic message
+    model.stream = lambda *a, **k: iter([StreamEvent("text", text="x"), 1 / 0])
+    run_round(backend, session, "again", [], GenerationSettings(), warn=warnings.append)
+    assert session.display[-1]["content"] == "Error: generation failed (see the server log)."
+    assert len(warnings) == 2 and len(session.exchanges) == 1
+
+
+def test_a_round_stopped_early_keeps_its_partial_answer_and_no_history(tmp_path):
+    """The page went away (the handler's generator is closed): the round is recorded as shown, with
+    ``(stopped)``, the model's stream is closed, and nothing enters the history."""
+    closed: list[bool] = []
+
+    class Endless(FakeModel):
+        def stream(self, inputs, modalities=None, **kwargs):
+            try:
+                while True:
+                    yield StreamEvent("text", text="la ")
+            finally:
+                closed.append(True)
+
+    backend = ChatBackend(Endless(), output_dir=tmp_path / "out")
+    session = backend.new_session()
+    rounds = backend.respond(session, "sing", [], GenerationSettings())
+    display = [next(rounds) for _ in range(4)][-1]  # the user's turn, then three deltas
+    rounds.close()
+    assert closed == [True]
+    assert display[-1] == {"role": "assistant", "content": "la la la "}
+    assert [m["content"] for m in session.display] == ["sing", "la la la ", "(stopped)"]
+    assert session.exchanges == [] and not session.active and not backend.lock.locked()
 
 
 def test_two_sessions_do_not_share_state(tmp_path):
@@ -321,35 +480,62 @@ def test_two_sessions_do_not_share_state(tmp_path):
     backend = ChatBackend(model, output_dir=tmp_path / "out")
     a, b = backend.new_session(), backend.new_session()
     assert a.directory != b.directory
-    backend.respond(a, "I am A", [], GenerationSettings())
-    backend.respond(b, "I am B", [], GenerationSettings())
-    backend.respond(a, "who am I?", [], GenerationSettings())
+    run_round(backend, a, "I am A", [], GenerationSettings())
+    run_round(backend, b, "I am B", [], GenerationSettings())
+    run_round(backend, a, "who am I?", [], GenerationSettings())
     texts = [m["content"] for m in model.calls[2]["inputs"]]
     assert texts == [["I am A"], "answer 1", ["who am I?"]]  # nothing of B's conversation
     assert [m["content"] for m in b.display] == ["I am B", "answer 2", b.display[2]["content"]]
     assert len(a.exchanges) == 2 and len(b.exchanges) == 1
 
 
-def test_generation_is_serialised_by_the_model_lock(tmp_path):
+@pytest.mark.parametrize("holder", ["another session", "another user of the model"])
+def test_generation_is_serialised_by_the_model_lock(tmp_path, holder):
+    """While the backend's lock (another tab) or the model's own generation lock (e.g. the HTTP API
+    on the same model) is held, the answer is the line "waiting for the model ..."."""
     model = FakeModel()
+    model.generation_lock = threading.RLock()  # as NextGPT.generation_lock
     backend = ChatBackend(model, output_dir=tmp_path / "out")
     session = backend.new_session()
     reports: list[str] = []
-    backend.lock.acquire()
-    worker = threading.Thread(
-        target=backend.respond,
-        args=(session, "hi", [], GenerationSettings()),
-        kwargs={"progress": lambda f, d: reports.append(d)},
-    )
+    displays: list[list[dict]] = []
+    held, release = threading.Event(), threading.Event()
+
+    def hold(lock) -> None:
+        with lock:
+            held.set()
+            release.wait(10)
+
+    lock = backend.lock if holder == "another session" else model.generation_lock
+    holder_thread = threading.Thread(target=hold, args=(lock,))
+    holder_thread.start()
+    held.wait(10)
+
+    def run() -> None:
+        for display in backend.respond(
+            session, "hi", [], GenerationSettings(), progress=lambda f, d: reports.append(d)
+        ):
+            displays.append(display)
+            if holder != "another session":  # the model's lock: the fake model does not take it
+                release.wait(10)
+
+    worker = threading.Thread(target=run)
     worker.start()
     deadline = time.monotonic() + 10
-    while not reports and time.monotonic() < deadline:
+    while not displays and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.1)
-    assert model.calls == [] and reports == ["waiting for the model (another session is generating)..."]
-    backend.lock.release()
+    waiting = "waiting for the model (another session is generating)..."
+    assert model.calls == [] and reports == [waiting]
+    assert _answers(displays[-1]) == [waiting]
+    release.set()
     worker.join(10)
+    holder_thread.join(10)
     assert len(model.calls) == 1
+    assert _answers(displays[-1]) == [
+        "answer 1",
+        {"path": str(session.rounds[-1].directory / "reply_image0.png")},
+    ]
 
 
 def test_build_app_without_gradio_says_how_to_install(monkeypatch):
@@ -388,7 +574,7 @@ def test_only_web_imports_gradio():
 
 
 class CountingModel:
-    """The real model, counting ``generate`` calls."""
+    """The real model, counting ``generate`` and ``stream`` calls."""
 
     def __init__(self, model) -> None:
         self.model = model
@@ -400,6 +586,10 @@ class CountingModel:
     def generate(self, *args, **kwargs):
         self.calls += 1
         return self.model.generate(*args, **kwargs)
+
+    def stream(self, *args, **kwargs):
+        self.calls += 1
+        return self.model.stream(*args, **kwargs)
 
 
 def _free_port() -> int:
@@ -420,8 +610,8 @@ def test_backend_reports_the_real_models_diffusion_steps(tiny_model, tmp_path, m
     session = backend.new_session()
     reports: list[str] = []
     settings = GenerationSettings(modalities=["image"], seed=0, num_inference_steps=2, max_new_tokens=4)
-    display = backend.respond(
-        session, "draw", [media["png"]], settings, progress=lambda f, d: reports.append(d)
+    display = run_round(
+        backend, session, "draw", [media["png"]], settings, progress=lambda f, d: reports.append(d)
     )
     assert reports == [
         "generating text...",
@@ -434,25 +624,22 @@ def test_backend_reports_the_real_models_diffusion_steps(tiny_model, tmp_path, m
 
 
 class EventRecordingModel(CountingModel):
-    """The real model; records the ``progress`` argument and every event ``generate`` reports."""
+    """The real model; records the arguments of ``stream`` and every event it yields."""
 
     def __init__(self, model) -> None:
         super().__init__(model)
-        self.progress_args: list = []
-        self.events: list[ProgressEvent] = []
+        self.kwargs: list[dict] = []
+        self.events: list[StreamEvent] = []
 
-    def generate(self, *args, progress=False, **kwargs):
-        self.progress_args.append(progress)
-
-        def record(event: ProgressEvent) -> None:
+    def stream(self, *args, **kwargs):
+        self.kwargs.append(kwargs)
+        for event in super().stream(*args, **kwargs):
             self.events.append(event)
-            progress(event)
-
-        return super().generate(*args, progress=record if callable(progress) else progress, **kwargs)
+            yield event
 
 
-def test_backend_gets_the_real_models_decode_steps_through_the_callback(tiny_model, tmp_path, caplog):
-    """The page's progress comes from ``generate``'s callback, event by event, not from log records."""
+def test_backend_gets_the_real_models_decode_steps_from_the_stream(tiny_model, tmp_path, caplog):
+    """The page's progress comes from the stream's progress events, one by one, not from log records."""
     model = EventRecordingModel(tiny_model)
     backend = ChatBackend(model, output_dir=tmp_path)
     session = backend.new_session()
@@ -460,10 +647,13 @@ def test_backend_gets_the_real_models_decode_steps_through_the_callback(tiny_mod
     settings = GenerationSettings(modalities=["image"], seed=0, num_inference_steps=3, max_new_tokens=4)
     model_logger = logging.getLogger("nextgpt.model")
     with caplog.at_level(logging.DEBUG, logger="nextgpt.model"):
-        backend.respond(session, "draw", [], settings, progress=lambda f, d: reports.append((f, d)))
-    (arg,) = model.progress_args
-    assert callable(arg) and arg is not True
-    assert [(e.stage, e.modality, e.index, e.step, e.total) for e in model.events] == [
+        displays = list(
+            backend.respond(session, "draw", [], settings, progress=lambda f, d: reports.append((f, d)))
+        )
+    (kwargs,) = model.kwargs
+    assert kwargs.get("progress", False) is False  # no callback, no log: the events are the progress
+    steps = [e.progress for e in model.events if e.kind == "progress"]
+    assert [(e.stage, e.modality, e.index, e.step, e.total) for e in steps] == [
         ("text", None, None, 0, 0),
         ("decode", Modality.IMAGE, 0, 0, 3),
         ("step", Modality.IMAGE, 0, 1, 3),
@@ -471,12 +661,63 @@ def test_backend_gets_the_real_models_decode_steps_through_the_callback(tiny_mod
         ("step", Modality.IMAGE, 0, 3, 3),
     ]
     # one report per event, as the event describes itself, then the backend's own "saving"
-    assert reports == [(e.fraction, e.describe()) for e in model.events] + [(None, "saving outputs...")]
-    assert [d for _, d in reports][1:5] == [f"decoding image: step {k}/3" for k in range(4)]
+    assert reports == [(e.fraction, e.describe()) for e in steps] + [(None, "saving outputs...")]
     assert [f for f, _ in reports][1:5] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
+    # the same lines stood in the chat, in the image's place, until the image came
+    lines = [_answers(d)[-1] for d in displays if _answers(d)]
+    assert [f"decoding image: step {k}/3" for k in range(4)] == [
+        x for x in lines if str(x).startswith("decoding")
+    ]
+    assert lines.index("decoding image: step 3/3") < lines.index(_answers(displays[-1])[-1])
     # no side channel: nothing logged per step, the model logger untouched
     assert not [r for r in caplog.records if "diffusion step" in r.getMessage()]
     assert model_logger.filters == []
+
+
+def test_the_streamed_chat_ends_as_the_one_shot_answer(tiny_model, tmp_path, media):
+    """With greedy settings the last display equals what the one-shot page showed for the same call:
+    the answer's text (the deltas joined) and its image, pixel for pixel."""
+    backend = ChatBackend(tiny_model, output_dir=tmp_path)
+    session = backend.new_session()
+    settings = GenerationSettings(
+        modalities=["text", "image"], seed=0, num_inference_steps=2, max_new_tokens=12
+    )
+    displays = list(backend.respond(session, "Draw a cat sitting on a red sofa", [], settings))
+    one_shot = tiny_model.generate(
+        [{"role": "user", "content": ["Draw a cat sitting on a red sofa"]}],
+        modalities=settings.modalities,
+        **settings.generate_options(),
+    )
+    assert one_shot.text and len(one_shot.images) == 1
+    final = displays[-1]
+    assert final[0] == {"role": "user", "content": "Draw a cat sitting on a red sofa"}
+    assert final[1] == {"role": "assistant", "content": one_shot.text}
+    (image,) = final[2:]
+    assert Image.open(image["content"]["path"]).tobytes() == one_shot.images[0].tobytes()
+    # the text grew delta by delta before the image came
+    texts = [
+        a[0] for a in map(_answers, displays) if a and isinstance(a[0], str) and a[0] != "generating text..."
+    ]
+    assert texts and all(one_shot.text.startswith(t) for t in texts)
+    assert len(set(texts)) >= 2
+
+
+def test_closing_the_round_cancels_the_real_models_stream(tiny_model, tmp_path):
+    backend = ChatBackend(tiny_model, output_dir=tmp_path)
+    session = backend.new_session()
+    settings = GenerationSettings(
+        modalities=["text", "image"], seed=0, num_inference_steps=2, max_new_tokens=200
+    )
+    rounds = backend.respond(session, "Tell me a long story", [], settings)
+    for display in rounds:  # up to the first text delta
+        if [a for a in _answers(display) if a != "generating text..."]:
+            break
+    rounds.close()
+    lock = tiny_model.generation_lock
+    assert lock.acquire(timeout=30)  # the model's call ended (cancelled), not left running
+    lock.release()
+    assert session.display[-1] == {"role": "assistant", "content": "(stopped)"}
+    assert session.exchanges == [] and not any(p.name.startswith("reply_image") for p in tmp_path.rglob("*"))
 
 
 def test_a_failing_progress_reporter_does_not_end_the_round(tmp_path):
@@ -490,7 +731,7 @@ def test_a_failing_progress_reporter_does_not_end_the_round(tmp_path):
         if desc.startswith("decoding"):
             raise RuntimeError("the page went away")
 
-    display = backend.respond(session, "hi", [], GenerationSettings(), progress=flaky)
+    display = run_round(backend, session, "hi", [], GenerationSettings(), progress=flaky)
     assert seen == [
         "generating text...",
         "decoding image: step 0/2",
@@ -578,14 +819,44 @@ def test_browser_chat_generates_an_image_and_reports_bad_uploads(page, served_ap
         _browser_chat(page, *served_app, media)
 
 
+#: Records in the page (``window.__seen``) when the bot's first real text (not a progress line) and
+#: the reply's image appear in the chat, and every length the text had before the image came.
+WATCH_CHAT = """() => {
+  const seen = window.__seen = {text: null, image: null, lengths: []};
+  const progressLine = /^(generating text|preparing |decoding |waiting for the model)/;
+  const check = () => {
+    const now = performance.now();
+    const texts = [...document.querySelectorAll('#chatbot [data-testid="bot"] .message-content')]
+      .map(m => m.innerText.trim()).filter(t => t && !progressLine.test(t));
+    if (texts.length && seen.text === null) seen.text = now;
+    if (seen.image === null) {
+      const n = texts.reduce((a, t) => a + t.length, 0);
+      if (n && seen.lengths[seen.lengths.length - 1] !== n) seen.lengths.push(n);
+      if (document.querySelector('#chatbot img[src*="reply_image0.png"]')) seen.image = now;
+    }
+  };
+  new MutationObserver(check).observe(document.querySelector('#chatbot'),
+                                      {subtree: true, childList: true, characterData: true});
+}"""
+
+
 def _browser_chat(page, app, url: str, media: dict[str, Path]) -> None:
     page.goto(url)
     page.wait_for_selector("#message textarea")
+    page.evaluate(WATCH_CHAT)
 
-    # (1) image + text in, text + image out: the reply shows an image served by the app
+    # (1) image + text in, text + image out: the reply shows an image served by the app, after the
+    # answer's text has streamed in (CPU: the image is decoded once the text is done)
     _send(page, "Paint this as a watercolour.", [media["png"]], ["text", "image"])
     reply = page.locator('#chatbot img[src*="reply_image0.png"]')
     reply.wait_for()
+    seen = page.evaluate("() => window.__seen")
+    assert seen["text"] is not None and seen["image"] is not None, seen
+    assert seen["text"] < seen["image"], seen  # the text was on the page before the image
+    assert len(seen["lengths"]) >= 2, seen  # and it grew in steps: streamed, not in one block
+    # shown at a readable size: the 32-pixel decoder image is scaled up on the page, not on disk
+    box = reply.bounding_box()
+    assert box is not None and box["width"] >= 200, box
     assert reply.get_attribute("src").startswith(url)
     page.wait_for_function(
         "() => { const i = document.querySelector('#chatbot img[src*=\"reply_image0.png\"]');"
@@ -597,6 +868,8 @@ def _browser_chat(page, app, url: str, media: dict[str, Path]) -> None:
 
     backend = app.nextgpt_backend
     assert backend.model.calls == 1
+    (saved,) = Path(app.nextgpt_output_dir).rglob("reply_image0.png")
+    assert Image.open(saved).size[0] < box["width"]  # the file keeps the decoder's size
 
     # (2) a corrupt file: a visible error, and the model is not called
     sessions_before = len(list(Path(app.nextgpt_output_dir).iterdir()))

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 from media_fixtures import synthetic_image
 from PIL import Image
-from test_web import FakeModel
+from test_web import FakeModel, run_round
 
 import nextgpt
 from nextgpt import web
@@ -71,7 +71,7 @@ def test_history_display_and_files_stay_bounded_over_50_rounds(tmp_path, pngs):
     session = backend.new_session()
     sizes = []
     for k in range(50):
-        display = backend.respond(session, f"message {k}", [pngs["small"]], SETTINGS)
+        display = run_round(backend, session, f"message {k}", [pngs["small"]], SETTINGS)
         sizes.append(len(display))
         # every round shows 4 messages (upload, text, answer, answer image): at most 8 rounds shown
         assert len(display) <= 8 * 4
@@ -92,7 +92,7 @@ def test_history_display_and_files_stay_bounded_over_50_rounds(tmp_path, pngs):
 
     # rejected rounds count too, and files of the rounds that fall out are deleted
     first_kept = session.directory / "turn-043"
-    backend.respond(session, "bad", [tmp_path / "missing.png"], SETTINGS)
+    run_round(backend, session, "bad", [tmp_path / "missing.png"], SETTINGS)
     assert "Upload rejected" in session.display[-1]["content"]
     assert not first_kept.exists() and len(session.rounds) == 8 and len(session.exchanges) == 7
     # "New chat" forgets the rounds and deletes their files
@@ -105,10 +105,24 @@ def test_display_text_is_clipped_but_the_model_gets_all_of_it(tmp_path):
     backend = ChatBackend(model, output_dir=tmp_path / "out")
     session = backend.new_session()
     text = "x" * 100_000
-    backend.respond(session, text, [], SETTINGS)
+    run_round(backend, session, text, [], SETTINGS)
     assert model.calls[0]["inputs"][-1]["content"] == [text]
     shown = session.display[0]["content"]
     assert len(shown) < 21_000 and shown.endswith("[80000 more characters]")
+
+    class Verbose(FakeModel):  # a long answer: clipped while it streams and at the end
+        def generate(self, inputs, modalities=None, **kwargs):
+            out = super().generate(inputs, modalities, **kwargs)
+            out.text = "y" * 30_000 + " end"
+            return out
+
+    backend.model = Verbose()
+    displays = list(backend.respond(session, "talk", [], SETTINGS))
+    answers = [m["content"] for d in displays for m in d[2:] if m["role"] == "assistant"]
+    texts = [a for a in answers if isinstance(a, str) and a.startswith("y")]
+    assert texts and all(len(t) < 21_000 for t in texts)
+    assert session.display[-2]["content"].endswith("[10004 more characters]")
+    assert (session.rounds[-1].directory / "reply.txt").read_text() == "y" * 30_000 + " end\n"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -119,7 +133,7 @@ def test_idle_sessions_expire_on_the_backends_clock(tmp_path):
     clock = FakeClock()
     backend = ChatBackend(FakeModel(), output_dir=tmp_path / "out", session_ttl_s=100, clock=clock)
     a = backend.new_session()
-    backend.respond(a, "hi", [], SETTINGS)
+    run_round(backend, a, "hi", [], SETTINGS)
     clock.t = 50
     b = backend.new_session()  # like an API call that sent no state: opened, never used again
     assert backend.sessions == [a, b]
@@ -129,7 +143,7 @@ def test_idle_sessions_expire_on_the_backends_clock(tmp_path):
     assert not b.closed and b.directory.is_dir()
     assert backend.sessions == [b, c]
     clock.t = 160  # b idle 110 s, c 40 s: each round reaps too
-    backend.respond(c, "hello", [], SETTINGS)
+    run_round(backend, c, "hello", [], SETTINGS)
     assert b.closed and not b.directory.exists() and backend.sessions == [c]
 
     # a session in a round is never reaped, however long the round takes
@@ -140,12 +154,12 @@ def test_idle_sessions_expire_on_the_backends_clock(tmp_path):
             return super().generate(inputs, modalities, **kwargs)
 
     backend.model = SlowModel()
-    backend.respond(c, "slow", [], SETTINGS)
+    run_round(backend, c, "slow", [], SETTINGS)
     assert not c.closed and c.display[-2]["content"] == "answer 1"
     backend.model = FakeModel()
 
     # a closed session used again (a gr.State still holding it) starts over, saying so
-    display = backend.respond(a, "back again", [], SETTINGS)
+    display = run_round(backend, a, "back again", [], SETTINGS)
     assert not a.closed and a.directory.is_dir()
     assert display[0] == {"role": "assistant", "content": web.EXPIRED_NOTICE}
     assert display[1:3] == [
@@ -165,7 +179,7 @@ def test_a_session_closed_during_its_round_leaves_no_files(tmp_path):
             return super().generate(inputs, modalities, **kwargs)
 
     backend.model = TabClosed()
-    backend.respond(session, "hi", [], SETTINGS)  # the outputs are saved after the close
+    run_round(backend, session, "hi", [], SETTINGS)  # the outputs are saved after the close
     assert session.closed and list((tmp_path / "out").iterdir()) == [] and backend.sessions == []
 
 
@@ -219,18 +233,18 @@ def test_disk_cap_evicts_idle_sessions_then_refuses_uploads(tmp_path, pngs):
     model = FakeModel()
     small = pngs["small"].stat().st_size
     probe = ChatBackend(FakeModel(), output_dir=tmp_path / "probe")
-    one_round = probe.respond(probe.new_session(), "m", [pngs["small"]], SETTINGS) and probe.total_bytes
+    one_round = run_round(probe, probe.new_session(), "m", [pngs["small"]], SETTINGS) and probe.total_bytes
     cap = 2 * one_round + small // 2  # room for two rounds with a small upload, not three
     backend = ChatBackend(model, output_dir=tmp_path / "out", max_total_bytes=cap, clock=clock)
 
     a, b, c = backend.new_session(), backend.new_session(), backend.new_session()
     for t, s in enumerate((a, b)):
         clock.t = t
-        backend.respond(s, "look", [pngs["small"]], SETTINGS)
+        run_round(backend, s, "look", [pngs["small"]], SETTINGS)
     assert backend.total_bytes == _tree_bytes(tmp_path / "out") == pytest.approx(2 * one_round, abs=10)
     # a third upload does not fit: the least recently used idle session (a) is closed to make room
     clock.t = 2
-    backend.respond(c, "look", [pngs["small"]], SETTINGS)
+    run_round(backend, c, "look", [pngs["small"]], SETTINGS)
     assert a.closed and not a.directory.exists()
     assert not b.closed and c.display[-2]["content"] == "answer 3"
     assert backend.total_bytes <= cap
@@ -238,13 +252,13 @@ def test_disk_cap_evicts_idle_sessions_then_refuses_uploads(tmp_path, pngs):
     # an upload that closing every idle session would not make fit: refused, nobody is evicted
     clock.t = 3
     calls = len(model.calls)
-    display = backend.respond(c, "and this?", [pngs["big"]], SETTINGS)
+    display = run_round(backend, c, "and this?", [pngs["big"]], SETTINGS)
     assert len(model.calls) == calls
     assert display[-1]["content"].startswith("Upload rejected: the server's storage for chat files is full")
     assert not b.closed and b.directory.is_dir()
     assert not any(p.name.endswith("poster.png") for p in (tmp_path / "out").rglob("*"))
     # a message without uploads still gets an answer
-    backend.respond(c, "just text", [], SETTINGS)
+    run_round(backend, c, "just text", [], SETTINGS)
     assert c.display[-2]["content"] == f"answer {calls + 1}"
     # every session folder on disk is an open session's
     assert sorted((tmp_path / "out").iterdir()) == sorted(s.directory for s in backend.sessions)

@@ -2,9 +2,19 @@
 
 A multimodal chat: a text box with image / audio / video uploads, replies with text and generated media
 rendered in the conversation, and the generation controls of :meth:`NextGPT.generate` (output
-modalities, seed, diffusion steps, guidance scale, max new tokens).
+modalities, seed, diffusion steps, guidance scale, max new tokens, repetition penalty, sampling with
+temperature / top-k / top-p).
 
 How it behaves:
+
+* **Answers stream** (:meth:`NextGPT.stream`): the text appears as it is generated, each medium has a
+  placeholder line in the answer (``preparing image...``, then ``decoding image: step k/n``) that the
+  medium replaces when its decoder is done; the finished answer is laid out as a one-shot answer (the
+  text, then images, sounds and videos). Images are shown :data:`CHAT_IMAGE_PX` pixels wide
+  (the ``small`` preset's 32-pixel images scaled up on the page only; the saved files are unchanged).
+* **Sampling defaults that do not loop**: greedy decoding with a repetition penalty of
+  :data:`DEFAULT_REPETITION_PENALTY` (SmolLM2-135M, the ``small`` preset's LLM, repeats itself
+  greedily without one; see docs/WEB.md).
 
 * **Uploads are checked before the model sees them** (:func:`check_upload`): the size in bytes, the
   type by content (magic bytes, PyAV for containers) which must agree with the file name's extension,
@@ -42,11 +52,13 @@ How it behaves:
   ``GRADIO_TEMP_DIR`` is set) and, on exit, SIGTERM or SIGINT (handlers chained to the previous ones:
   the process still ends as the signal asks), closes every session and removes the output root and
   the cache folder it created (:class:`ServerCleanup`, :func:`install_cleanup_handlers`).
-* **One model, one generation at a time.** A lock around the model serialises ``generate`` calls; the
-  requests themselves run in Gradio's queue (``default_concurrency_limit`` workers), so page loads,
-  upload checks and other sessions are never blocked by a long generation: a waiting session shows
-  "waiting for the model", then the progress ``generate`` reports through its ``progress`` callback
-  ("generating text...", "decoding image: step k/n").
+* **One model, one generation at a time.** A lock around the model serialises the chat's calls (and
+  the model's own ``generation_lock`` queues them behind other users of the model, e.g. the HTTP
+  API); the requests themselves run in Gradio's queue (``default_concurrency_limit`` workers), so page
+  loads, upload checks and other sessions are never blocked by a long generation: a waiting session's
+  answer reads "waiting for the model (another session is generating)...", then streams.
+* **A round stopped early** (the page went away: Gradio closes the handler's generator) cancels the
+  model's call; the partial answer stays in the chat with ``(stopped)`` and enters no history.
 
 Gradio is an optional dependency (``pip install 'nextgpt[demo]'``): it is imported only inside
 :func:`build_app` / :func:`serve`; the upload checks and session logic do not need it, and importing
@@ -58,8 +70,9 @@ The package, by topic (every public name is re-exported here: ``from nextgpt.web
   :class:`CheckedUpload` and the upload limits' defaults;
 * :mod:`nextgpt.web.session`: :class:`ChatSession`, :class:`ChatBackend`, :class:`GenerationSettings`
   and the history / TTL / disk bounds;
-* :mod:`nextgpt.web.progress`: :data:`ProgressFn` and :func:`forward_progress`, the ``generate``
-  progress callback (:class:`~nextgpt.outputs.ProgressEvent`) that feeds the page's progress bar;
+* :mod:`nextgpt.web.progress`: :data:`ProgressFn` (the optional progress reporter of
+  :meth:`ChatBackend.respond`) and :func:`forward_progress`, which makes a ``generate`` progress
+  callback (:class:`~nextgpt.outputs.ProgressEvent`) of such a reporter;
 * :mod:`nextgpt.web.app`: :func:`build_app`, :func:`serve`, :class:`ServerCleanup`,
   :func:`install_cleanup_handlers`.
 
@@ -67,6 +80,8 @@ The command line is ``nextgpt serve`` (:mod:`nextgpt.cli`), which carries every 
 """
 
 from nextgpt.web.app import (
+    CHAT_CSS,
+    CHAT_IMAGE_PX,
     DEFAULT_HOST,
     DEFAULT_PORT,
     INSTALL_HINT,
@@ -79,10 +94,12 @@ from nextgpt.web.progress import ProgressFn, forward_progress
 from nextgpt.web.session import (
     DEFAULT_HISTORY_TURNS,
     DEFAULT_MAX_TOTAL_BYTES,
+    DEFAULT_REPETITION_PENALTY,
     DEFAULT_SESSION_TTL_S,
     EXPIRED_NOTICE,
     MAX_DISPLAY_TEXT_CHARS,
     OUTPUT_PREFIX,
+    WAITING_LINE,
     ChatBackend,
     ChatSession,
     Exchange,
@@ -102,6 +119,8 @@ from nextgpt.web.uploads import (
 )
 
 __all__ = [
+    "CHAT_CSS",
+    "CHAT_IMAGE_PX",
     "DEFAULT_HISTORY_TURNS",
     "DEFAULT_HOST",
     "DEFAULT_MAX_FILES",
@@ -109,6 +128,7 @@ __all__ = [
     "DEFAULT_MAX_TOTAL_BYTES",
     "DEFAULT_MAX_UPLOAD_MB",
     "DEFAULT_PORT",
+    "DEFAULT_REPETITION_PENALTY",
     "DEFAULT_SESSION_TTL_S",
     "EXPIRED_NOTICE",
     "INSTALL_HINT",
@@ -125,6 +145,7 @@ __all__ = [
     "Round",
     "ServerCleanup",
     "UploadLimits",
+    "WAITING_LINE",
     "build_app",
     "check_upload",
     "forward_progress",

@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 from nextgpt.web.session import (
     DEFAULT_HISTORY_TURNS,
     DEFAULT_MAX_TOTAL_BYTES,
+    DEFAULT_REPETITION_PENALTY,
     DEFAULT_SESSION_TTL_S,
+    OUTPUT_PREFIX,
     ChatBackend,
     ChatSession,
     GenerationSettings,
@@ -45,6 +47,22 @@ INSTALL_HINT = "pip install 'nextgpt[demo]'"
 #: Where :func:`serve` listens by default (``nextgpt serve --host/--port``): this machine only.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
+#: Displayed width of the chat's images (CSS px): the ``small`` preset's decoders make 32-pixel images,
+#: shown scaled up (generated ones pixelated; the saved files are unchanged); larger images shrink to it.
+CHAT_IMAGE_PX = 256
+#: The page's style: images in the chat at :data:`CHAT_IMAGE_PX` wide.
+CHAT_CSS = f"""
+#chatbot .message img {{
+  width: {CHAT_IMAGE_PX}px !important;
+  max-width: 100% !important;
+  height: auto !important;
+  max-height: none !important;
+  object-fit: contain !important;
+}}
+#chatbot .message img[src*="/{OUTPUT_PREFIX}_image"] {{
+  image-rendering: pixelated;
+}}
+"""
 
 
 def _import_gradio():
@@ -77,6 +95,10 @@ def build_app(
     title: str = "NExT-GPT chat",
 ) -> gradio.Blocks:
     """The chat page for ``model``, as a ``gradio.Blocks`` (queue enabled; call ``.launch()``).
+
+    Answers stream into the chat (:meth:`ChatBackend.respond`): text as it is generated, each medium
+    as a progress line until it is ready; images are shown :data:`CHAT_IMAGE_PX` wide (the page
+    carries its style, :data:`CHAT_CSS`, itself: no ``launch(css=...)`` needed).
 
     The returned app carries ``nextgpt_output_dir`` (the sessions' root folder) and ``nextgpt_backend``
     (the :class:`ChatBackend`, whose ``lock`` serialises generation; ``nextgpt_backend.close()`` closes
@@ -132,7 +154,11 @@ def build_app(
         steps,
         guidance,
         max_new_tokens,
-        progress=gr.Progress(),  # noqa: B008 - how gradio injects a progress tracker
+        repetition_penalty=DEFAULT_REPETITION_PENALTY,
+        do_sample=False,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
     ):
         session = session if isinstance(session, ChatSession) else backend.new_session()
         message = message or {}
@@ -144,19 +170,20 @@ def build_app(
             num_inference_steps=int(steps),
             guidance_scale=float(guidance),
             max_new_tokens=int(max_new_tokens),
+            repetition_penalty=float(repetition_penalty),
+            do_sample=bool(do_sample),
+            temperature=float(temperature),
+            top_k=int(top_k),
+            top_p=float(top_p),
         )
-        # show the user's turn at once, then the answer
-        yield (
-            gr.MultimodalTextbox(value=None, interactive=False),
-            session.display + _pending(text, files),
-            session,
-        )
-
-        def report(fraction: float | None, desc: str) -> None:
-            progress(fraction, desc=desc)
-
-        display = backend.respond(session, text, files, settings, progress=report, warn=gr.Warning)
-        yield gr.MultimodalTextbox(value=None, interactive=True), list(display), session
+        # show the user's turn at once, then the answer as it streams (text deltas, media placeholders
+        # with their decode progress, each medium when it is ready)
+        busy = gr.MultimodalTextbox(value=None, interactive=False)
+        yield busy, session.display + _pending(text, files), session
+        display = session.display
+        for display in backend.respond(session, text, files, settings, warn=gr.Warning):
+            yield gr.skip(), display, session
+        yield gr.MultimodalTextbox(value=None, interactive=True), display, session
 
     def clear(session):
         if isinstance(session, ChatSession):
@@ -171,6 +198,7 @@ def build_app(
             f"{max_upload_mb:g} MB, {max_media_seconds:g} s) and pick the output modalities "
             "(none ticked: the model decides)."
         )
+        gr.HTML(f"<style>{CHAT_CSS}</style>", elem_id="chat-style", padding=False, container=False)
         session_state = gr.State(None, time_to_live=session_ttl_s, delete_callback=backend.close_session)
         chatbot = gr.Chatbot(elem_id="chatbot", label="Conversation", height=520, buttons=["copy"])
         textbox = gr.MultimodalTextbox(
@@ -195,14 +223,39 @@ def build_app(
                 guidance = gr.Slider(1.0, 20.0, value=default_guidance, step=0.5, label="Guidance scale")
                 most = min(1024, model.context_length)  # generate refuses more than the context
                 max_new_tokens = gr.Slider(1, most, value=min(128, most), step=1, label="Max new tokens")
+            with gr.Row():
+                repetition_penalty = gr.Slider(
+                    1.0,
+                    2.0,
+                    value=DEFAULT_REPETITION_PENALTY,
+                    step=0.05,
+                    label="Repetition penalty (1: off)",
+                    elem_id="repetition-penalty",
+                )
+                do_sample = gr.Checkbox(value=False, label="Sample (off: greedy)", elem_id="do-sample")
+                temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature (sampling)")
+                top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (sampling; 0: all tokens)")
+                top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p (sampling)")
         new_chat = gr.Button("New chat", elem_id="new-chat")
 
         textbox.submit(
             respond,
-            [textbox, session_state, modalities, seed, steps, guidance, max_new_tokens],
+            [
+                textbox,
+                session_state,
+                modalities,
+                seed,
+                steps,
+                guidance,
+                max_new_tokens,
+                repetition_penalty,
+                do_sample,
+                temperature,
+                top_k,
+                top_p,
+            ],
             [textbox, chatbot, session_state],
-            show_progress="full",
-            show_progress_on=[chatbot],
+            show_progress="minimal",  # the answer shows its own progress lines as it streams
         )
         new_chat.click(clear, [session_state], [chatbot, session_state], queue=False)
         chatbot.clear(clear, [session_state], [chatbot, session_state], queue=False)

@@ -1,10 +1,11 @@
-"""Generation progress for the web demo: what one ``generate`` call reports, as the page shows it.
+"""Generation progress for the web demo: what one generation reports, as the page shows it.
 
-The page's progress reporter is a :data:`ProgressFn` ``(fraction, description)``. The backend hands
-``NextGPT.generate(progress=...)`` the callback :func:`forward_progress` makes of it: every
-:class:`~nextgpt.outputs.ProgressEvent` the model reports (the LLM starts, a media item starts
-decoding, one of its diffusion steps is done) becomes one report, ``(event.fraction,
-event.describe())``: ``generating text...``, ``decoding image: step k/n``.
+The page's progress reporter is a :data:`ProgressFn` ``(fraction, description)``, the optional
+``progress`` of :meth:`~nextgpt.web.ChatBackend.respond`: the backend calls it with each
+:class:`~nextgpt.outputs.ProgressEvent` of the model's stream, as ``(event.fraction,
+event.describe())`` (``generating text...``, ``decoding image: step k/n``), the lines the streamed
+answer shows in place of each medium. :func:`forward_progress` makes the same reports of a
+``NextGPT.generate(progress=...)`` callback, for callers of the one-shot ``generate``.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ A :class:`ChatSession` is one browser (or API) session: its folder (one ``turn-N
 round), the model-side history and what the chat shows, kept per round so that old rounds leave the
 chat, the history and the disk together. A :class:`ChatBackend` is the chat logic behind the page:
 it checks uploads (:func:`~nextgpt.web.uploads.check_upload`), keeps each session's history to its
-last rounds, calls the model under a lock, closes idle sessions (TTL) and keeps all sessions' files
-under a disk limit. The bounds are described in :mod:`nextgpt.web`.
+last rounds, streams the model's answer under a lock (:meth:`ChatBackend.respond` is a generator of
+the chat display, text delta by delta and medium by medium), closes idle sessions (TTL) and keeps all
+sessions' files under a disk limit. The bounds are described in :mod:`nextgpt.web`.
 """
 
 from __future__ import annotations
@@ -17,18 +18,20 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nextgpt.errors import InputError, NextGPTError
 from nextgpt.media import Audio, Video
-from nextgpt.web.progress import ProgressFn, forward_progress
+from nextgpt.modality import MEDIA_MODALITIES, Modality
+from nextgpt.web.progress import ProgressFn
 from nextgpt.web.uploads import CheckedUpload, UploadLimits, check_upload
 
 if TYPE_CHECKING:
     from nextgpt.model import NextGPT
+    from nextgpt.outputs import GenerationOutput
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ DEFAULT_MAX_TOTAL_BYTES = 2 * 1024**3
 MAX_DISPLAY_TEXT_CHARS = 20_000
 #: What a session whose files were removed (expired, evicted) shows when it is used again.
 EXPIRED_NOTICE = "(This chat had expired and its files were removed; starting a new conversation.)"
+#: The answer's placeholder line while another call has the model.
+WAITING_LINE = "waiting for the model (another session is generating)..."
 
 
 @dataclass
@@ -210,20 +215,41 @@ def _is_within(path: Path, root: Path) -> bool:
         return False
 
 
+#: The chat's default repetition penalty: SmolLM2-135M (the ``small`` preset) answers greedily in loops
+#: without one (docs/WEB.md); 1 turns it off.
+DEFAULT_REPETITION_PENALTY = 1.2
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
-    """The chat's generation controls, as ``generate`` takes them (``modalities=None``: model decides)."""
+    """The chat's generation controls, as :meth:`~nextgpt.NextGPT.stream` takes them
+    (``modalities=None``: the model decides; ``None`` decoder options: each decoder's config).
+
+    The defaults are greedy decoding with a repetition penalty of :data:`DEFAULT_REPETITION_PENALTY`;
+    ``top_k`` (0: all tokens), ``top_p`` and ``temperature`` apply when ``do_sample`` is on.
+    """
 
     modalities: list[str] | None = None
     seed: int | None = 0
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = DEFAULT_REPETITION_PENALTY
+
+    def generate_options(self) -> dict[str, Any]:
+        """The keyword arguments of ``generate`` / ``stream`` besides ``modalities``."""
+        options = asdict(self)
+        del options["modalities"]
+        return options
 
 
 class ChatBackend:
-    """The chat logic behind the page, independent of Gradio: checks uploads, keeps the history, calls
-    the model under a lock, and keeps every session it opened within bounds.
+    """The chat logic behind the page, independent of Gradio: checks uploads, keeps the history, streams
+    the model's answers under a lock (:meth:`respond`), and keeps every session it opened within bounds.
 
     Bounds (see :mod:`nextgpt.web`):
 
@@ -246,7 +272,8 @@ class ChatBackend:
         output_dir: root of the per-session folders (created if missing).
         upload_dir: the only folder uploads may come from (Gradio's upload cache); ``None``: any.
         max_history_turns: previous exchanges passed to the model, and rounds kept per session.
-        lock: serialises ``generate`` (default: a new lock for this backend).
+        lock: serialises the backend's model calls (default: a new lock for this backend; the
+            model's own ``generation_lock`` also queues them behind other users of the model).
         session_ttl_s: idle time after which a session is closed (``None``: never).
         max_total_bytes: size limit of all session folders together (``None``: none).
         clock: the time source for idle times (default ``time.monotonic``; tests inject one).
@@ -434,38 +461,56 @@ class ChatBackend:
         settings: GenerationSettings,
         progress: ProgressFn | None = None,
         warn: Callable[[str], None] | None = None,
-    ) -> list[dict[str, Any]]:
-        """Run one round and return the session's display messages.
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Run one round, yielding the session's chat display (a new list each time) as it grows.
 
         Uploads are checked first; if any is rejected (or the storage is full) the model is not called
         and the chat shows ``Upload rejected: <file>: <reason>``. Otherwise the history plus the new
-        turn go to ``generate`` (under the model lock), the outputs are saved in the session's folder and
-        shown. The round is then recorded and the session trimmed to its last ``max_history_turns``
-        rounds. A session that was closed (expired, evicted) starts over with a notice.
+        turn go to the model's :meth:`~nextgpt.NextGPT.stream` (under the backend's lock) and the chat
+        is yielded again at each event: the answer's text grows delta by delta, each medium shows a
+        placeholder line in the answer (``preparing image...``, then ``decoding image: step k/n``)
+        until it is saved in the round's folder and shown in its place. While another session
+        generates, the answer is the line ``waiting for the model (another session is
+        generating)...``. The last display yielded is the session's after the round, laid out as a
+        one-shot answer: the text, then the media (images, sounds, videos, each in order), or
+        ``(empty answer)``.
 
-        ``progress`` (the page's reporter) gets ``waiting for the model ...`` while another session
-        generates, then every event ``generate`` reports (:func:`~nextgpt.web.progress.forward_progress`:
-        ``generating text...``, ``decoding image: step k/n``), then ``saving outputs...``.
+        The round is recorded (its messages join the chat, its exchange the history) and the session
+        trimmed to its last ``max_history_turns`` rounds, also when the caller stops iterating early
+        (the page went away: the model call is cancelled, the partial answer kept with
+        ``(stopped)``). A failed generation shows one ``Error: ...`` message (also passed to
+        ``warn``) in place of the partial answer and adds nothing to the history. A session that was
+        closed (expired, evicted) starts over with a notice.
+
+        ``progress`` (a reporter of the page, optional) gets the same lines: ``waiting for the model
+        ...``, ``generating text...``, ``decoding image: step k/n`` (with the fraction of the
+        medium's steps), then ``saving outputs...``; a reporter that fails is ignored.
         """
         text = text or ""
         if not text.strip() and not files:
             if warn:
                 warn("Type a message or attach a file.")
-            return session.display
+            yield list(session.display)
+            return
         shown = self._begin(session)
         try:
             turn_dir = session.next_turn_dir()
-            exchange = self._round(session, turn_dir, text, files, settings, shown, progress, warn)
-            with session._lock:
-                if session.closed or turn_dir.parent != session.directory:
-                    # closed during the round (its tab went away, the server stops): drop the files
-                    shutil.rmtree(turn_dir.parent, ignore_errors=True)
-                else:
-                    session.add_round(turn_dir, shown, exchange)
-                    session.trim(self.max_history_turns)
+            exchange: list[Exchange] = []  # the round's exchange, once the model has answered
+            try:
+                yield from self._round(
+                    session, turn_dir, text, files, settings, shown, exchange, progress, warn
+                )
+            finally:  # also when the caller stops early (GeneratorExit)
+                with session._lock:
+                    if session.closed or turn_dir.parent != session.directory:
+                        # closed during the round (its tab went away, the server stops): drop the files
+                        shutil.rmtree(turn_dir.parent, ignore_errors=True)
+                    else:
+                        session.add_round(turn_dir, shown, exchange[0] if exchange else None)
+                        session.trim(self.max_history_turns)
         finally:
             self._end(session)
-        return session.display
+        yield list(session.display)
 
     def _round(
         self,
@@ -475,10 +520,12 @@ class ChatBackend:
         files: Sequence[str | os.PathLike],
         settings: GenerationSettings,
         shown: list[dict[str, Any]],
+        exchange: list[Exchange],
         progress: ProgressFn | None,
         warn: Callable[[str], None] | None,
-    ) -> Exchange | None:
-        """One round's work; appends what the chat shows to ``shown``, returns the exchange or ``None``."""
+    ) -> Iterator[list[dict[str, Any]]]:
+        """One round's work, yielding the display as it streams: appends what the chat keeps of the
+        round to ``shown`` and, when the model answered, the round's exchange to ``exchange``."""
 
         def rejected(errors: list[str]) -> None:
             names = ", ".join(Path(os.fspath(f)).name for f in files)
@@ -496,11 +543,11 @@ class ChatBackend:
         full = self._make_room(session, incoming)
         if full is not None:
             rejected([full])
-            return None
+            return
         accepted, errors = self.check_files(files, turn_dir)
         if errors:  # show what was sent, without serving files that failed the checks
             rejected(errors)
-            return None
+            return
 
         parts: list[Part] = [u.as_part() for u in accepted]
         if text.strip():
@@ -510,40 +557,206 @@ class ChatBackend:
         if text.strip():
             shown.append({"role": "user", "content": _clip_text(text)})
 
+        def report(fraction: float | None, desc: str) -> None:
+            if progress is None:
+                return
+            try:
+                progress(fraction, desc)
+            except Exception:  # the page went away: the round goes on
+                logger.debug("progress report %r failed", desc, exc_info=True)
+
+        answer = _Answer(turn_dir)
+
+        def view() -> list[dict[str, Any]]:
+            return [*session.display, *shown, *answer.live()]
+
         messages = session.to_messages(parts, self.max_history_turns)
+        if self._model_busy():
+            answer.status = WAITING_LINE
+            report(None, WAITING_LINE)
+        yield view()
         try:
-            out = self._generate(messages, settings, progress)
+            with self.lock:
+                out = yield from self._stream(messages, settings, answer, report, view)
+        except GeneratorExit:  # the caller stopped: keep what was shown, without placeholders
+            shown.extend(answer.partial())
+            raise
         except NextGPTError as exc:
-            shown.append({"role": "assistant", "content": f"Error: {exc}"})
-            return None
+            self._failed(answer, shown, f"Error: {exc}", warn)
+            return
         except Exception:
             logger.exception("generation failed")
-            shown.append({"role": "assistant", "content": "Error: generation failed (see the server log)."})
-            return None
+            self._failed(answer, shown, "Error: generation failed (see the server log).", warn)
+            return
+        report(None, "saving outputs...")
+        shown.extend(answer.finish(out))
+        exchange.append(Exchange(parts, out.text))
 
-        if progress:
-            progress(None, "saving outputs...")
-        saved = [p for p in out.save(turn_dir, prefix=OUTPUT_PREFIX) if p.suffix != ".txt"]
-        if out.text:
-            shown.append({"role": "assistant", "content": out.text})
-        for p in saved:
-            shown.append({"role": "assistant", "content": {"path": str(p)}})
-        if not out.text and not saved:
-            shown.append({"role": "assistant", "content": "(empty answer)"})
-        return Exchange(parts, out.text)
+    @staticmethod
+    def _failed(
+        answer: _Answer, shown: list[dict[str, Any]], message: str, warn: Callable[[str], None] | None
+    ) -> None:
+        answer.discard()
+        shown.append({"role": "assistant", "content": message})
+        if warn:
+            warn(message)
 
-    def _generate(
-        self, messages: list[dict[str, Any]], settings: GenerationSettings, progress: ProgressFn | None
-    ):
-        if progress and self.lock.locked():
-            progress(None, "waiting for the model (another session is generating)...")
-        with self.lock:
-            return self.model.generate(
-                messages,
-                modalities=settings.modalities,
-                seed=settings.seed,
-                num_inference_steps=settings.num_inference_steps,
-                guidance_scale=settings.guidance_scale,
-                max_new_tokens=settings.max_new_tokens,
-                progress=forward_progress(progress) if progress else False,
+    def _model_busy(self) -> bool:
+        """Whether another call holds this backend's lock or the model's own generation lock (an HTTP
+        server sharing the model)."""
+        if self.lock.locked():
+            return True
+        model_lock = getattr(self.model, "generation_lock", None)
+        if model_lock is None:
+            return False
+        if model_lock.acquire(blocking=False):
+            model_lock.release()
+            return False
+        return True
+
+    def _stream(
+        self,
+        messages: list[dict[str, Any]],
+        settings: GenerationSettings,
+        answer: _Answer,
+        report: ProgressFn,
+        view: Callable[[], list[dict[str, Any]]],
+    ) -> Generator[list[dict[str, Any]], None, GenerationOutput]:
+        """Iterate the model's stream: each event updates ``answer`` and yields the display; returns
+        the final output. Closing this generator closes the stream (the model call is cancelled)."""
+        events = self.model.stream(messages, modalities=settings.modalities, **settings.generate_options())
+        out = None
+        try:
+            for event in events:
+                if event.kind == "done":
+                    out = event.output
+                    continue
+                if event.kind == "text":
+                    answer.text += event.text
+                elif event.kind == "signal":
+                    answer.open(event.modality, event.index)
+                elif event.kind == "progress" and event.progress is not None:
+                    step = event.progress
+                    report(step.fraction, step.describe())
+                    if step.stage == "text":
+                        answer.status = step.describe()
+                    elif step.index is not None:
+                        answer.open(step.modality, step.index).line = step.describe()
+                elif event.kind == "media":
+                    answer.save(event.modality, event.index, event.media, event.rate)
+                else:
+                    continue
+                yield view()
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()  # a no-op once the stream has ended; otherwise it cancels the call
+        if out is None:
+            raise RuntimeError("the model's stream ended without its output")
+        return out
+
+
+@dataclass
+class _Medium:
+    """One media item of a streaming answer: a placeholder ``line`` until it is saved at ``path``."""
+
+    modality: Modality
+    ordinal: int  # its place among the answer's items of the same modality
+    line: str
+    path: Path | None = None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """Where a one-shot answer shows it: by modality (image, audio, video), then in order."""
+        return MEDIA_MODALITIES.index(self.modality), self.ordinal
+
+
+class _Answer:
+    """The answer of a round as it streams: its text, a status line (before any text or medium), and
+    one :class:`_Medium` per signal run, saved in ``directory`` as ``reply_<modality><i>.<ext>``,
+    as :meth:`GenerationOutput.save` names them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.text = ""
+        self.status: str | None = None
+        self.media: dict[int, _Medium] = {}  # by the item's index in the answer
+
+    def open(self, modality: Modality | None, index: int | None) -> _Medium:
+        """The medium ``index`` of the answer (created with its placeholder line when new)."""
+        assert modality is not None and index is not None, "a media event names its modality and index"
+        medium = self.media.get(index)
+        if medium is None:
+            ordinal = sum(m.modality is modality for m in self.media.values())
+            medium = self.media[index] = _Medium(modality, ordinal, f"preparing {modality.value}...")
+        return medium
+
+    def save(self, modality: Modality | None, index: int | None, item: object, rate: float | None) -> None:
+        """Write the medium ``index`` (through :meth:`GenerationOutput.save`) into the round's folder."""
+        from nextgpt.outputs import GenerationOutput
+
+        medium = self.open(modality, index)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".medium-", dir=self.directory))
+        try:
+            one = GenerationOutput(media={medium.modality: [item]}, rates={medium.modality: rate})
+            (written,) = one.save(scratch, prefix=OUTPUT_PREFIX)
+            target = (
+                self.directory / f"{OUTPUT_PREFIX}_{medium.modality.value}{medium.ordinal}{written.suffix}"
             )
+            os.replace(written, target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        medium.path = target
+
+    def _ordered(self) -> list[_Medium]:
+        return sorted(self.media.values(), key=lambda m: m.key)
+
+    def live(self) -> list[dict[str, Any]]:
+        """The answer's messages now: the text so far, then each medium or its placeholder line."""
+        shown: list[dict[str, Any]] = []
+        if self.text:
+            shown.append({"role": "assistant", "content": _clip_text(self.text)})
+        elif self.status and not self.media:
+            shown.append({"role": "assistant", "content": self.status})
+        for m in self._ordered():
+            content: Any = {"path": str(m.path)} if m.path is not None else m.line
+            shown.append({"role": "assistant", "content": content})
+        return shown
+
+    def partial(self) -> list[dict[str, Any]]:
+        """What an answer stopped early keeps: the text so far, the media saved, and ``(stopped)``."""
+        shown = [{"role": "assistant", "content": _clip_text(self.text)}] if self.text else []
+        shown += [{"role": "assistant", "content": {"path": str(m.path)}} for m in self._ordered() if m.path]
+        return [*shown, {"role": "assistant", "content": "(stopped)"}]
+
+    def finish(self, out: GenerationOutput) -> list[dict[str, Any]]:
+        """Save the text (``reply.txt``) and any medium the stream did not deliver; the final
+        messages, as a one-shot answer shows them: text, media, or ``(empty answer)``."""
+        from nextgpt.outputs import GenerationOutput
+
+        self.text = out.text
+        if out.text:
+            GenerationOutput(text=out.text).save(self.directory, prefix=OUTPUT_PREFIX)
+        slots = {(m.modality, m.ordinal): index for index, m in self.media.items()}
+        for modality in MEDIA_MODALITIES:
+            for ordinal, item in enumerate(out.media[modality]):
+                index = slots.get((modality, ordinal))
+                if index is not None and self.media[index].path is not None:
+                    continue  # streamed and saved
+                logger.debug("%s %d was not streamed; saving it now", modality.value, ordinal)
+                if index is None:
+                    index = max(self.media, default=-1) + 1
+                    self.media[index] = _Medium(modality, ordinal, "")
+                self.save(modality, index, item, out.rates.get(modality))
+        saved = [m for m in self._ordered() if m.path is not None]
+        shown = [{"role": "assistant", "content": _clip_text(out.text)}] if out.text else []
+        shown += [{"role": "assistant", "content": {"path": str(m.path)}} for m in saved]
+        return shown or [{"role": "assistant", "content": "(empty answer)"}]
+
+    def discard(self) -> None:
+        """Delete the media saved so far (a failed answer shows none of them)."""
+        for m in self.media.values():
+            if m.path is not None:
+                m.path.unlink(missing_ok=True)
+                m.path = None
