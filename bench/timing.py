@@ -48,7 +48,7 @@ class PhaseTimer:
         self.device = device
         self.totals: dict[str, float] = {}
         self.calls: dict[str, int] = {}
-        self._wrapped: list[tuple[object, str]] = []
+        self._wrapped: list[tuple[object, str, object]] = []
 
     def wrap(self, obj: object, name: str, phase: str) -> None:
         original = getattr(obj, name)
@@ -64,14 +64,18 @@ class PhaseTimer:
                 self.totals[phase] = self.totals.get(phase, 0.0) + time.perf_counter() - t
                 self.calls[phase] = self.calls.get(phase, 0) + 1
 
+        own = name in vars(obj)  # a module's function or an instance's own attribute: put it back
         setattr(obj, name, timed)
-        self._wrapped.append((obj, name))
+        self._wrapped.append((obj, name, original if own else None))
 
     def reset(self) -> None:
         self.totals.clear()
         self.calls.clear()
 
     def restore(self) -> None:
-        for obj, name in reversed(self._wrapped):
-            delattr(obj, name)
+        for obj, name, own in reversed(self._wrapped):
+            if own is None:
+                delattr(obj, name)  # the class's method shows through again
+            else:
+                setattr(obj, name, own)
         self._wrapped.clear()
