@@ -95,6 +95,7 @@ class Row:
         self.done = False
         self.finish_reason = "length"
         self.emitted = ""  # text streamed so far
+        self._text: str | None = None  # processor.decode(tokens), until tokens change
         self.seen: torch.Tensor | None = None
         if req.repetition_penalty != 1.0:
             self.seen = torch.zeros(layout.vocab_size, dtype=torch.bool, device=device)
@@ -102,6 +103,13 @@ class Row:
             self.seen[prompt.to(device)] = True
 
     # ---------------------------------------------------------------- events
+
+    def text(self) -> str:
+        """The answer's text so far (decoded once per change of the tokens: the stop check and the
+        stream both read it)."""
+        if self._text is None:
+            self._text = self.model.processor.decode(self.tokens)
+        return self._text
 
     def emit(self, event: StreamEvent) -> None:
         """Pass ``event`` to the row's sink (if any)."""
@@ -112,7 +120,7 @@ class Row:
         """Send the text that became safe to show since the last call (all of it when ``final``)."""
         if self.sink is None or not self.req.want_text:
             return
-        text = self.model.processor.decode(self.tokens)
+        text = self.text()
         if not final:
             text = streamable(text, self.req.stops)
         if len(text) > len(self.emitted) and text.startswith(self.emitted):
@@ -167,6 +175,7 @@ class Row:
             if token is None:
                 return None
             self.tokens.append(token)
+            self._text = None
             if self.seen is not None:
                 self.seen[token] = True
             if self.run_mod is None and token in self.first_of:
@@ -177,10 +186,11 @@ class Row:
                 self.run_mod is None
                 and self.pending is None
                 and self.req.stops
-                and (at := stop_index(self.model.processor.decode(self.tokens), self.req.stops)) is not None
+                and (at := stop_index(self.text(), self.req.stops)) is not None
             ):
-                while self.tokens and len(self.model.processor.decode(self.tokens)) > at:
+                while self.tokens and len(self.text()) > at:
                     self.tokens.pop()  # the stop string (and any token reaching into it) is not returned
+                    self._text = None
                 self._end_text("stop")
                 continue  # forced runs, if any, follow
             return token

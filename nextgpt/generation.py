@@ -21,6 +21,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -68,6 +69,7 @@ def _progress_reporter(progress) -> Callable[[ProgressEvent], object] | None:
     return progress
 
 
+@dataclass(repr=False, eq=False)
 class GenerationRequest:
     """One conversation's checked generation arguments, tokenized (:meth:`GenerationMixin.prepare_request`).
 
@@ -81,26 +83,24 @@ class GenerationRequest:
     permanent.
     """
 
-    def __init__(self, **fields: Any) -> None:
-        self.input_ids: torch.Tensor = fields.pop("input_ids")
-        self.slots: list = fields.pop("slots")
-        self.allowed: set[Modality] = fields.pop("allowed")
-        self.forced: list[Modality] = fields.pop("forced")
-        self.want_text: bool = fields.pop("want_text")
-        self.max_new_tokens: int = fields.pop("max_new_tokens")
-        self.min_new_tokens: int = fields.pop("min_new_tokens")
-        self.do_sample: bool = fields.pop("do_sample")
-        self.temperature: float = fields.pop("temperature")
-        self.top_p: float = fields.pop("top_p")
-        self.top_k: int = fields.pop("top_k")
-        self.repetition_penalty: float = fields.pop("repetition_penalty")
-        self.stops: tuple[str, ...] = fields.pop("stops")
-        self.seed: int | None = fields.pop("seed")
-        self.decoder_options: dict[Modality, dict[str, Any]] = fields.pop("decoder_options")
-        self.negatives: dict[Modality, str | torch.Tensor] = fields.pop("negatives")
-        self.progress: Callable[[ProgressEvent], object] | None = fields.pop("progress")
-        assert not fields, f"unknown request fields {sorted(fields)}"
-        self._cancelled = threading.Event()
+    input_ids: torch.Tensor
+    slots: list
+    allowed: set[Modality]
+    forced: list[Modality]
+    want_text: bool
+    max_new_tokens: int
+    min_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
+    stops: tuple[str, ...]
+    seed: int | None
+    decoder_options: dict[Modality, dict[str, Any]]
+    negatives: dict[Modality, str | torch.Tensor]
+    progress: Callable[[ProgressEvent], object] | None
+    _cancelled: threading.Event = field(default_factory=threading.Event, init=False)
 
     def cancel(self) -> None:
         """Stop this request at its next step: its text ends there (``finish_reason="cancelled"``)
@@ -645,7 +645,7 @@ class GenerationMixin:
 
     def _finish(self, row: Row, rendered: dict[tuple[int, int], list]) -> GenerationOutput:
         row.stream_text(final=True)
-        text = self.processor.decode(row.tokens) if row.req.want_text else ""
+        text = row.text() if row.req.want_text else ""
         out = GenerationOutput(text=text, token_ids=row.tokens, finish_reason=row.finish_reason)
         for i, run in enumerate(row.runs):
             if (row.row, i) in rendered:

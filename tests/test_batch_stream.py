@@ -317,3 +317,14 @@ def test_a_row_without_media_is_done_when_its_text_ends(model: NextGPT) -> None:
     )
     done_short = order.index((0, "done"))
     assert done_short < order.index((1, "signal")) < order.index((1, "done"))
+
+
+def test_generate_and_prepare_request_take_the_same_arguments() -> None:
+    """generate spells its arguments out for users and forwards them to prepare_request, which
+    checks them: the two lists must stay the same."""
+    import inspect
+
+    def params(fn):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+    assert params(NextGPT.generate) == params(NextGPT.prepare_request)

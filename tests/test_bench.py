@@ -282,3 +282,25 @@ def test_gpu_check_smoke(bench, tmp_path):
         modules.lr_factor = real
     assert [r["ok"] for r in rows] == [False] * 3
     assert all("no trainable tensor changed" in r["note"] for r in rows)
+
+
+def test_phase_timer_puts_back_a_module_function_and_uncovers_a_method():
+    import types
+
+    from bench.timing import PhaseTimer
+
+    module = types.ModuleType("m")
+    module.work = lambda: 1
+
+    class Thing:
+        def work(self):
+            return 2
+
+    thing, original = Thing(), module.work
+    timer = PhaseTimer(torch.device("cpu"))
+    timer.wrap(module, "work", "a")
+    timer.wrap(thing, "work", "b")
+    assert module.work() == 1 and thing.work() == 2 and timer.calls == {"a": 1, "b": 1}
+    timer.restore()
+    assert module.work is original  # deleting it (the old restore) broke every later caller
+    assert "work" not in vars(thing) and thing.work() == 2
