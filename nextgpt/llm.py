@@ -183,9 +183,16 @@ def _gguf_converted(gguf: Path) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         (tmp / "nextgpt-complete").write_text(key)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)  # atomic: a crash leaves only a .tmp- folder, never a half-written cache
+        # Another process may have converted the same file meanwhile (two test workers, two ranks):
+        # its complete copy wins and ours is discarded; only an incomplete leftover is replaced.
+        if not (target / "nextgpt-complete").is_file():
+            if target.exists():
+                shutil.rmtree(target, ignore_errors=True)
+            try:
+                tmp.rename(target)  # atomic: a crash leaves only a .tmp- folder, never a half-written cache
+            except OSError:
+                if not (target / "nextgpt-complete").is_file():
+                    raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""Suite-wide test settings: offline hub, deterministic torch, GPU-only tests skipped with a reason."""
+"""Suite-wide test settings: offline hub, deterministic torch, the longest modules first, heavy and
+GPU-only tests skipped with a reason."""
 
 from __future__ import annotations
 
@@ -13,10 +14,29 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Under pytest-xdist (`make test` runs one worker per core) each worker computes on one thread: two
+# workers with two threads each would oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+#: Modules whose tests take the longest (multi-process runs, notebooks, kill tests): collected first,
+#: so that the two xdist workers share them instead of one worker running them after the rest.
+FIRST = ("test_scale", "test_crash_safety", "test_notebooks", "test_install", "test_bench")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__ if item.module else "", len(FIRST)))
+    if not os.environ.get("NEXTGPT_HEAVY"):
+        skip_heavy = pytest.mark.skip(
+            reason="heavy (a minute or more; covered in part by lighter tests): run with `make test-heavy`"
+        )
+        for item in items:
+            if "heavy" in item.keywords:
+                item.add_marker(skip_heavy)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")

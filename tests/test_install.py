@@ -79,6 +79,7 @@ def _probe(python: Path, cwd: Path) -> dict:
 
 @pytest.mark.install
 @pytest.mark.slow
+@pytest.mark.heavy  # the editable install test below covers the same imports in a tenth of the time
 def test_wheel_install_imports_every_subpackage(tmp_path: Path) -> None:
     wheel_dir = tmp_path / "wheels"
     # Build from a copy: setuptools leaves build/ behind, and a stale build/lib would leak deleted files.

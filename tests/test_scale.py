@@ -365,6 +365,7 @@ def test_fsdp_stage3_killed_resumed_and_saved_matches_one_process(tmp_path: Path
 # ------------------------------------------------------------------ the whole chain under bf16-mixed
 
 
+@pytest.mark.heavy  # ~2 min on 2 cores; the DDP and FSDP tests above cover kill, resume and save
 def test_two_process_chain_bf16_survives_kill_and_generates(tmp_path: Path, demo_data: Path) -> None:
     """`make stage1/2/3` on 2 CPU processes under bf16-mixed with nextgpt-7b's weight dtypes (bf16 LLM,
     fp16 encoder and decoders, float32 trainable tensors): stage 1 (DDP) is killed with SIGKILL and
