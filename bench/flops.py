@@ -55,3 +55,44 @@ def train_step_flops(
     six_n = 6 * (frozen + trainable) * T + 3 * attn_fwd
     hardware = model + ((2 * (frozen + trainable) * T + attn_fwd) if recompute else 0)
     return {"model": float(model), "six_n": float(six_n), "hardware": float(hardware), "tokens": float(T)}
+
+
+def sample_flops(
+    *,
+    body: int,
+    head: int,
+    lora: int,
+    layers: int,
+    hidden: int,
+    lengths: list[int],
+    labelled: int,
+    rows: int,
+    row_len: int,
+    recompute: bool,
+) -> dict[str, float]:
+    """FLOPs of one training step of the LLM on a real batch: samples of ``lengths`` tokens laid
+    out in ``rows x row_len`` (padded or packed), the LM head run at ``labelled`` positions.
+
+    * ``model``: what the samples need. The frozen weights below the head (``body``) 4 FLOPs per
+      useful token (forward + activation gradient: every stage trains something below the LLM or
+      in its input), LoRA weights 6 (+ their weight gradient), the head 4 per labelled position,
+      attention ``12 * L * d * n^2`` per sample of ``n`` tokens (QK^T and AV forward ``4 L d n^2``,
+      twice that backward).
+    * ``hardware``: what runs: every processed token (padding included), attention over each whole
+      row (SDPA's padding and block-diagonal masks do not skip work), plus the recomputed forward of
+      gradient checkpointing (``2 (body + lora) P + 4 L d row_len^2`` per row) when ``recompute``.
+    """
+    useful = sum(lengths)
+    processed = rows * row_len
+    attn = 12 * layers * hidden * sum(n * n for n in lengths)
+    attn_rows = 12 * layers * hidden * rows * row_len * row_len
+    model = 4 * body * useful + 6 * lora * useful + 4 * head * labelled + attn
+    hardware = 4 * body * processed + 6 * lora * processed + 4 * head * labelled + attn_rows
+    if recompute:
+        hardware += 2 * (body + lora) * processed + attn_rows / 3
+    return {
+        "model": float(model),
+        "hardware": float(hardware),
+        "useful": float(useful),
+        "processed": float(processed),
+    }

@@ -4,7 +4,7 @@ For each output modality one call ``model.generate(prompt, modalities=["text", m
 max_new_tokens=K, seed=0)``: the LLM writes ``K`` text tokens (EOS disabled: random weights), the
 signal run of ``m`` is appended (the random LLM never emits it by itself), its states go through the
 output projector and the decoder draws the media. At ``--size full``: SD 1.5 at 512x512, AudioLDM
-l-full for 5 s of audio, Zeroscope v2 576w for 24 frames of 320x576, 50 denoising steps each with
+l-full for 9 s of audio (the preset's default; ``--audio-seconds`` changes it), Zeroscope v2 576w for 24 frames of 320x576, 50 denoising steps each with
 classifier-free guidance 7.5.
 
 Breakdown by timing wrappers around the model's methods (device-synchronised; the library is not
@@ -38,7 +38,10 @@ def parse_args(argv):
     ap.add_argument("--max-new-tokens", type=int, default=None, help="text tokens before the signal run")
     ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: the size's; full 50)")
     ap.add_argument(
-        "--audio-seconds", type=float, default=None, help="AudioLDM clip length (full default 5 s)"
+        "--audio-seconds",
+        type=float,
+        default=None,
+        help="AudioLDM clip length in seconds (default: the preset's, 9 s at full size)",
     )
     ap.add_argument("--repeats", type=int, default=1, help="timed calls per modality (median)")
     ap.add_argument("--prompt", default=PROMPT)

@@ -20,7 +20,7 @@ size during the scenario (``VmHWM``, reset after construction through ``/proc/se
 where that is refused, the peak since the process started, and the row says so), clearly
 labelled, at the given size. Peak memory does not depend on the number of denoising steps, so the
 scenario uses ``--steps 2`` by default; media sizes are the true ones at ``--size full`` (512x512
-images, 24x320x576 video, 5 s audio). Target at full size: < 24 GB with a budget.
+images, 24x320x576 video, 9 s audio: the preset's defaults). Target at full size: < 24 GB with a budget.
 
     python -m bench.memory --size full --device cuda --json memory.json
     python -m bench.memory --size small --device cpu

@@ -6,7 +6,8 @@ applied to a preset with ``NextGPTConfig.from_preset(preset).with_overrides(...)
 
 * ``full``  — the preset's own shapes (``nextgpt-7b``: a Vicuna-7B-shaped LLaMA with LoRA r32,
   ImageBind huge, the paper's grouping input projector, the transformer output projectors) with
-  RANDOM weights (no download); the overlay only shortens the AudioLDM clip to 5 s. Decoders get
+  RANDOM weights (no download) and the preset's own decoder settings (9 s AudioLDM clips;
+  ``--audio-seconds`` changes that only when given). Decoders get
   the ``real`` entries of :data:`nextgpt.decoders.tiny.ARCHITECTURES` (SD 1.5, AudioLDM l-full,
   Zeroscope v2 576w). Random weights cost the same compute and memory as trained ones
   (ENVIRONMENT.md "GPU measurements"). Meant for a GPU.
@@ -79,11 +80,10 @@ class Size:
 SIZE_SPECS: dict[str, Size] = {
     # The shapes of the preset itself (nextgpt/presets/nextgpt-7b.yaml); workload = paper Table 7
     # (stage-3 batch 4 x 512 tokens, stage-1 batch 18) and the preset's legacy demo defaults (50
-    # steps, 512x512 images, 24 frames of 320x576 video); AudioLDM clips of 5 s (the issue's
-    # benchmark setting; the demo default is 9 s).
+    # steps, 512x512 images, 24 frames of 320x576 video, 9 s AudioLDM clips).
     "full": Size(
         name="full",
-        overlay=("model.outputs.audio.decoder.audio_length_in_s=5.0",),
+        overlay=(),
         components="real",
         stage3_batch=4,
         stage3_len=512,

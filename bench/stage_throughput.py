@@ -27,7 +27,7 @@ def _samples(data: Path, stage: int, modality: str, n: int):
     from nextgpt.stages.data import ShardDataset
     from nextgpt.stages.datamodule import stage_shards
 
-    urls = stage_shards(data, stage, [])
+    urls = stage_shards(data, stage, ["conversations"] if stage == 3 else ["pairs"])  # the demo's folders
     out = [
         s
         for s in ShardDataset(urls, stage, decode_output_media=False)

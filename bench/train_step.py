@@ -1,181 +1,354 @@
-"""Stage-3 training step: tokens/s and model FLOPs utilisation (MFU).
+"""Training steps through the library's own Lightning loop: samples/s, useful tokens/s and MFU.
 
-One optimiser step of ``StageModule(cfg, 3, model)`` (LoRA on q/k/v/o + input projector + the three
-output projectors + added token rows), called directly (no Lightning Trainer): forward (LM loss +
-caption-alignment losses), backward, gradient clipping (1.0, the preset's), the stage's Adam step.
-At ``--size full`` on a GPU: Vicuna-7B shape in bf16 with bf16 autocast (the preset's
-``bf16-mixed``), batch 4 x 512 tokens (paper Table 7), gradient checkpointing as the preset sets it.
+Each variant (stage x feature caches on/off x packing on/off) is one ``Trainer.fit`` of the real
+``StageModule`` on a ``NextGPTDataModule`` over real shards (default: the demo dataset, repeated
+until the epoch is longer than the run), built as ``nextgpt train`` builds them
+(``nextgpt.stages.train.build_trainer``): the DataLoader with the library's collator (template,
+tokenisation, packing, media preprocessing or cache reads) in its worker processes, the transfer to
+the device, forward (LM loss, alignment losses), backward, gradient clipping, the optimiser and LR
+scheduler step, logging. A callback times every step: ``step`` is ``on_train_batch_start`` ->
+``on_train_batch_end`` (device-synchronised), ``data`` the wait for the next batch between steps;
+rates are over ``step + data``, after ``--warmup`` untimed steps.
 
-The batch is synthetic with the real structure: rows cycle through image->image, audio->audio,
-video->video and image->text (an input placeholder run of the projector's token count, an output
-signal run with a random alignment target); media arrive as cached encoder features (computed once
-by the frozen encoder, moved to the device in every step as Lightning would), so the encoder is not
-in the step.
+Not included: process start-up, building the model, building the caches (``nextgpt cache``, once
+per dataset), checkpoint writes (every ``training.checkpoint_every_n_steps`` steps in a real run;
+set beyond this run here) and the first steps.
 
-MFU = model FLOPs per step / step time / peak. Model FLOPs count the LLM only (projectors are
-< 1% of the step) with a frozen base (see ``bench.flops.train_step_flops``):
+``--preset small`` trains the preset's own model (SmolLM2-135M with its real tokenizer); ``--size``
+(default) a random model of the benchmark sizes (``full``: nextgpt-7b's shapes, for a GPU; the
+random LLM has the byte-level tokenizer, so its samples are ~4x longer in tokens than with
+Vicuna's).
 
-    (2 + 2) * N_frozen * T + (2 + 2 + 2) * N_lora * T + 12 * L * d * S * T
+Useful tokens: the samples' tokens (padding excluded); processed tokens: rows x row length. Model
+FLOPs per step (MFU) are counted on the useful tokens, per sample (``bench.flops.sample_flops``):
+the frozen LLM's weights 4 FLOPs per token (forward + activation gradient), LoRA weights 6, the LM
+head only at labelled positions (where the library computes logits), attention ``12 L d n^2`` per
+sample of ``n`` tokens. HFU counts what the hardware runs: every processed token, attention over
+each whole row (SDPA's masks) and gradient checkpointing's recomputed forward.
 
-(forward 2NT, activation gradients 2NT, weight gradients 2NT only for trainable weights; attention
-12·L·d·S per token). Also reported: the full-fine-tuning convention 6·N·T (over-counts LoRA) and
-the hardware FLOPs utilisation including the recomputed forward of gradient checkpointing.
-Peak: the GPU's dense bf16 datasheet peak (H100 SXM / H200 989 TFLOPS, A100 312); on CPU a measured
-matmul throughput stands in (labelled).
-
-    python -m bench.train_step --size full --device cuda --json train_step.json
-    python -m bench.train_step --size small --device cpu
+    python -m bench.train_step --preset small --stages 1 2 --packing both --cache on
+    python -m bench.train_step --size full --device cuda --stages 3 --json train_step.json
 """
 
 from __future__ import annotations
 
+import math
+import shutil
+import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from bench.cli import base_parser, cli_main, setup
-from bench.flops import count_parameters, llm_matmul_params, train_step_flops
+from bench.flops import llm_matmul_params, sample_flops
 from bench.hardware import env_info, peak_flops
-from bench.inputs import RowSpec, batch_to, synthetic_batch
 from bench.report import Report
-from bench.sizes import SIZE_SPECS, build_model
-from bench.timing import timeit
-
-#: Row pattern of the synthetic stage-3 batch: (input modality, output modality).
-ROW_PATTERN = (("image", "image"), ("audio", "audio"), ("video", "video"), ("image", None))
+from bench.sizes import build_model
 
 
 def parse_args(argv):
     ap = base_parser(__doc__)
-    ap.add_argument("--batch-size", type=int, default=None, help="rows per step (default: the size's)")
-    ap.add_argument("--seq-len", type=int, default=None, help="tokens per row (default: the size's)")
     ap.add_argument(
-        "--steps", type=int, default=None, help="timed steps (default: smoke 2, small 3, full 10)"
+        "--preset", default=None, help="train this preset's own model (e.g. small) instead of --size"
     )
-    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 1, full 3)")
+    ap.add_argument("--stages", nargs="+", type=int, choices=(1, 2, 3), default=[3])
+    ap.add_argument("--packing", choices=("on", "off", "both", "preset"), default="both")
+    ap.add_argument("--cache", choices=("on", "off", "both"), default="on", help="feature caches")
+    ap.add_argument("--data", default=None, help="shard folder (default: the demo dataset in a temp folder)")
+    ap.add_argument("--batch-size", type=int, default=None, help="samples per step (default: the preset's)")
+    ap.add_argument(
+        "--pack-length", type=int, default=None, help="tokens per packed row (default: the preset's)"
+    )
+    ap.add_argument(
+        "--num-workers", type=int, default=None, help="DataLoader workers (default: the preset's)"
+    )
+    ap.add_argument(
+        "--steps", type=int, default=None, help="timed steps (default: smoke 2, small 6, full 10)"
+    )
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2)")
     ap.add_argument(
         "--gradient-checkpointing",
         choices=("preset", "on", "off"),
         default="preset",
-        help="LLM activation checkpointing (preset: on, as nextgpt-7b trains)",
+        help="LLM activation checkpointing (preset: as the model's config says)",
     )
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak to divide by (unknown GPUs)")
     return ap.parse_args(argv)
 
 
+def _sample_lengths(batch) -> list[int]:
+    """Tokens of each sample in the batch (from the packed positions, else the attention mask)."""
+    if batch.is_empty:
+        return []
+    if batch.position_ids is None:
+        return [int(n) for n in batch.attention_mask.sum(1).tolist()]
+    out = []
+    for pos, mask in zip(batch.position_ids.tolist(), batch.attention_mask.tolist()):
+        starts = [i for i, (p, m) in enumerate(zip(pos, mask)) if p == 0 and m]
+        ends = [*starts[1:], sum(mask)]
+        out += [b - a for a, b in zip(starts, ends)]
+    return out
+
+
+class StepTimer:
+    """Lightning callback: per-step compute time, data wait and the batch's shape."""
+
+    def __init__(self, device: torch.device) -> None:
+        import lightning as L
+
+        timer = self
+
+        class _Callback(L.Callback):
+            def on_train_batch_start(self, trainer, module, batch, batch_idx):
+                timer._sync()
+                now = time.perf_counter()
+                timer.data_s.append(now - timer.last_end if timer.last_end is not None else math.nan)
+                timer.t0 = now
+
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                timer._sync()
+                now = time.perf_counter()
+                timer.step_s.append(now - timer.t0)
+                timer.last_end = now
+                labelled = int((batch.labels[:, 1:] != -100).sum())
+                timer.batches.append(
+                    {
+                        "samples": len(batch.keys),
+                        "lengths": _sample_lengths(batch),
+                        "rows": batch.num_rows,
+                        "row_len": int(batch.input_ids.shape[1]),
+                        "labelled": labelled,
+                    }
+                )
+
+        self.device = device
+        self.callback = _Callback()
+        self.step_s: list[float] = []
+        self.data_s: list[float] = []
+        self.batches: list[dict] = []
+        self.last_end: float | None = None
+        self.t0 = 0.0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def _demo_data(root: Path, samples_needed: int) -> Path:
+    """The demo dataset, its shards repeated (as more files) until every stage has ``samples_needed``."""
+    from nextgpt.stages.data import build_demo_dataset
+    from nextgpt.stages.data.shards import count_samples
+
+    src = root / "demo"
+    build_demo_dataset(src, seed=0)
+    out = root / "data"
+    for name in ("pairs", "conversations"):
+        shards = sorted((src / name).glob("*.tar"))
+        n = count_samples([str(s) for s in shards])
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for k in range(max(1, -(-samples_needed // n))):
+            for s in shards:
+                shutil.copy(s, out / name / f"r{k:03d}-{s.name}")
+    return out
+
+
+def _model(args, device, dtypes, extra: dict):
+    from nextgpt import NextGPT, NextGPTConfig
+
+    if args.preset:
+        model = NextGPT(NextGPTConfig.from_preset(args.preset).with_overrides(extra))
+        return model.to(device), f"preset:{args.preset}"
+    return build_model(args.size, device, dtypes, extra=extra), args.size
+
+
 def run(args) -> Report:
+    import lightning as L  # noqa: F401  (Lightning is the loop being measured)
+
+    from nextgpt.stages.cache import build_cache, open_caches
+    from nextgpt.stages.datamodule import NextGPTDataModule
+    from nextgpt.stages.modules import StageModule
+    from nextgpt.stages.train import build_trainer
+
     device, dtypes = setup(args)
-    spec = SIZE_SPECS[args.size]
-    B = args.batch_size or spec.stage3_batch
-    S = args.seq_len or spec.stage3_len
-    steps = args.steps or {"smoke": 2, "small": 3, "full": 10}[args.size]
-    warmup = args.warmup if args.warmup is not None else (3 if args.size == "full" else 1)
+    steps = args.steps or {"smoke": 2, "small": 6, "full": 10}[args.size if not args.preset else "small"]
+    warmup = args.warmup if args.warmup is not None else 2
     extra = {}
     if args.gradient_checkpointing != "preset":
         extra["model.llm.gradient_checkpointing"] = args.gradient_checkpointing == "on"
-
+    if not args.data:  # the demo folders
+        extra.update({f"training.stages.{s}.datasets": ["pairs"] for s in (1, 2)})
+        extra["training.stages.3.datasets"] = ["conversations"]
     t0 = time.perf_counter()
-    model = build_model(args.size, device, dtypes, extra=extra)
+    model, size = _model(args, device, dtypes, extra)
     build_s = time.perf_counter() - t0
-    from nextgpt.stages.modules import StageModule
-
-    module = StageModule(model.config, 3, model)
-    module._total_steps = lambda: 1000  # no Trainer attached; the schedule's length only shapes warm-up
-    optimizer = module.configure_optimizers()["optimizer"]
-    module.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    clip = model.config.training.gradient_clip_val
-
-    rows = [RowSpec(*ROW_PATTERN[i % len(ROW_PATTERN)]) for i in range(B)]
-    host_batch = synthetic_batch(model, rows, S, cached=True, with_targets=True)
-
-    def step():
-        batch = batch_to(host_batch, device)
-        with dtypes.autocast_context(device):
-            losses = module(batch)
-        losses["loss"].backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(trainable, clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return losses["loss"].detach()
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    stats, loss = timeit(step, device=device, repeats=steps, warmup=warmup)
-    step_s = stats["median_s"]
-
-    llm_cfg = model.config.model.llm
-    frozen, lora = llm_matmul_params(model.llm)
-    recompute = bool(llm_cfg.gradient_checkpointing)
-    flops = train_step_flops(
-        frozen=frozen,
-        trainable=lora,
-        layers=llm_cfg.num_layers,
-        hidden=llm_cfg.hidden_size,
-        batch=B,
-        seq=S,
-        recompute=recompute,
-    )
-    peak, peak_source = peak_flops(device, dtypes.autocast or dtypes.llm, args.peak_tflops)
-    n_trainable = sum(p.numel() for p in trainable)
-    row = {
-        "batch": B,
-        "seq_len": S,
-        "tokens": int(flops["tokens"]),
-        "step_s": step_s,
-        "tokens_per_s": flops["tokens"] / step_s,
-        "model_tflop_per_step": flops["model"] / 1e12,
-        "achieved_tflops": flops["model"] / step_s / 1e12,
-        "mfu": flops["model"] / step_s / peak,
-        "mfu_6nt": flops["six_n"] / step_s / peak,
-        "hfu": flops["hardware"] / step_s / peak,
-        "loss": float(loss),
-    }
-    if device.type == "cuda":
-        row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    report = Report(
+    base = model.config
+    precision = base.training.precision if args.preset else ("bf16-mixed" if dtypes.autocast else "32-true")
+    work = Path(tempfile.mkdtemp(prefix="nextgpt-train-step-"))
+    rows, configs = [], {}
+    try:
+        most = max(args.batch_size or base.training.stage_config(s).batch_size for s in args.stages)
+        data = Path(args.data) if args.data else _demo_data(work, (steps + warmup + 1) * most * 2)
+        cache_dir = work / "cache"
+        peak, peak_source = peak_flops(device, dtypes.autocast or dtypes.llm, args.peak_tflops)
+        frozen, lora = llm_matmul_params(model.llm)
+        head = model.llm._causal_lm().get_output_embeddings().weight.numel()
+        llm_cfg = base.model.llm
+        for stage in args.stages:
+            for cache in ["on", "off"] if args.cache == "both" else [args.cache]:
+                if cache == "on":
+                    for what in ("encoder", "captions"):
+                        if stage in {"encoder": (1, 3), "captions": (2, 3)}[what]:
+                            build_cache(what, data, cache_dir, model=model, stage=stage, progress=False)
+                packings = {"both": [True, False], "on": [True], "off": [False]}.get(args.packing)
+                if packings is None:
+                    packings = [base.training.stage_config(stage).packing]
+                for packing in packings:
+                    over = [
+                        f"training.stage={stage}",
+                        f"training.stages.{stage}.packing={str(packing).lower()}",
+                        f"training.stages.{stage}.epochs=1000",
+                        f"training.precision={precision}",
+                        "training.accelerator=" + ("gpu" if device.type == "cuda" else "cpu"),
+                        "training.devices=1",
+                        "training.strategy=auto",
+                        "training.log_every_n_steps=1",
+                        f"training.checkpoint_every_n_steps={steps + warmup + 100}",
+                        f"training.cache_dir={cache_dir if cache == 'on' else 'null'}",
+                    ]
+                    if args.batch_size:
+                        over.append(f"training.stages.{stage}.batch_size={args.batch_size}")
+                    if args.pack_length:
+                        over.append(f"training.stages.{stage}.pack_length={args.pack_length}")
+                    if args.num_workers is not None:
+                        over.append(f"training.num_workers={args.num_workers}")
+                    cfg = base.with_overrides(over)
+                    module = StageModule(cfg, stage, model)
+                    dm = NextGPTDataModule(cfg, stage, model.processor, data)
+                    dm.feature_cache, dm.caption_cache = open_caches(cfg, stage, model, data, dm.shards())
+                    timer = StepTimer(device)
+                    trainer = build_trainer(
+                        cfg,
+                        work / f"run-s{stage}-{cache}-{packing}",
+                        max_steps=steps + warmup,
+                        callbacks=[timer.callback],
+                        enable_progress_bar=False,
+                        enable_model_summary=False,
+                    )
+                    trainer.fit(module, datamodule=dm)
+                    rows.append(
+                        _row(timer, warmup, stage, cache, packing, frozen - head, head, lora, llm_cfg, peak)
+                    )
+                    configs[f"s{stage}-{cache}-{'packed' if packing else 'padded'}"] = {
+                        "batch_size": cfg.training.stage_config(stage).batch_size,
+                        "pack_length": cfg.training.stage_config(stage).pack_length
+                        or cfg.training.stage_config(stage).max_length,
+                        "num_workers": cfg.training.num_workers,
+                        "precision": precision,
+                        "step_times_s": timer.step_s,
+                        "data_wait_s": timer.data_s,
+                    }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ratios = {}
+    for r in rows:
+        if not r["packing"]:
+            continue
+        other = [
+            o for o in rows if not o["packing"] and o["stage"] == r["stage"] and o["cache"] == r["cache"]
+        ]
+        if other:
+            key = f"stage{r['stage']}_cache_{r['cache']}"
+            ratios[key] = {
+                "useful_tokens_per_s": r["useful_tokens_per_s"] / other[0]["useful_tokens_per_s"],
+                "samples_per_s": r["samples_per_s"] / other[0]["samples_per_s"],
+            }
+    return Report(
         benchmark="train_step",
-        size=args.size,
+        size=size,
         env=env_info(device, dtypes),
         columns=[
-            ("batch", "batch"),
-            ("seq_len", "seq"),
+            ("stage", "stage"),
+            ("cache", "caches"),
+            ("layout", "layout"),
+            ("samples_per_step", "samples/step"),
+            ("rows_x_len", "rows x len"),
+            ("padding", "padding"),
             ("step_s", "step (s)"),
-            ("tokens_per_s", "tokens/s"),
-            ("achieved_tflops", "model TFLOP/s"),
-            ("mfu", "MFU (LoRA FLOPs)"),
-            ("mfu_6nt", "MFU (6NT)"),
-            ("hfu", "HFU (+recompute)"),
-        ]
-        + ([("peak_mem_gib", "peak mem (GiB)")] if device.type == "cuda" else []),
-        rows=[row],
-        summary={
-            "tokens_per_s": row["tokens_per_s"],
-            "mfu": row["mfu"],
-            "step_s": step_s,
-            "peak_tflops": peak / 1e12,
-            "build_s": build_s,
-        },
+            ("data_s", "data wait (s)"),
+            ("samples_per_s", "samples/s"),
+            ("useful_tokens_per_s", "useful tok/s"),
+            ("mfu", "MFU"),
+            ("hfu", "HFU"),
+        ],
+        rows=rows,
+        summary={"packed_over_padded": ratios, "peak_tflops": peak / 1e12, "build_s": build_s},
         config={
-            "stage": 3,
-            "rows": [f"{r.input}->{r.output or 'text'}" for r in rows],
-            "gradient_checkpointing": recompute,
+            "variants": configs,
             "llm_frozen_matmul_params": frozen,
+            "llm_head_params": head,
             "llm_lora_params": lora,
-            "trainable_params": n_trainable,
-            "total_params": count_parameters(model),
-            "flops_per_step": flops,
+            "gradient_checkpointing": bool(llm_cfg.gradient_checkpointing),
             "peak_source": peak_source,
-            "steps_timed": stats["runs"],
-            "step_times": stats,
+            "warmup_steps": warmup,
+            "timed_steps": steps,
         },
         notes=[
-            "MFU = (4*N_frozen + 6*N_lora)*T + 12*L*d*S*T per step / time / peak (LLM only; frozen base: no weight grads)",
+            "included: Trainer.fit of StageModule on NextGPTDataModule (collation in DataLoader workers: "
+            "template, tokenisation, packing, cache reads or media preprocessing), transfer, forward, "
+            "backward, clipping, optimiser + LR scheduler step, logging",
+            f"excluded: start-up, model build, cache build, checkpoint writes, the first {warmup} steps",
+            "rates over step + data wait; padding = 1 - useful / processed tokens",
+            "MFU: model FLOPs on useful tokens (LM head at labelled positions, attention per sample); "
+            "HFU: every processed token, attention over whole rows, + recompute",
             f"peak: {peak_source}",
         ],
     )
-    return report
+
+
+def _row(timer, warmup, stage, cache, packing, body, head, lora, llm_cfg, peak) -> dict:
+    keep = slice(warmup, None)
+    step_s, data_s, batches = timer.step_s[keep], timer.data_s[keep], timer.batches[keep]
+    wall = sum(step_s) + sum(d for d in data_s if d == d)
+    samples = sum(b["samples"] for b in batches)
+    useful = sum(sum(b["lengths"]) for b in batches)
+    processed = sum(b["rows"] * b["row_len"] for b in batches)
+    model_flops = hw_flops = 0.0
+    recompute = bool(llm_cfg.gradient_checkpointing)
+    for b in batches:
+        f = sample_flops(
+            body=body,
+            head=head,
+            lora=lora,
+            layers=llm_cfg.num_layers,
+            hidden=llm_cfg.hidden_size,
+            lengths=b["lengths"],
+            labelled=b["labelled"],
+            rows=b["rows"],
+            row_len=b["row_len"],
+            recompute=recompute,
+        )
+        model_flops += f["model"]
+        hw_flops += f["hardware"]
+    return {
+        "stage": stage,
+        "cache": cache,
+        "packing": packing,
+        "layout": "packed" if packing else "padded",
+        "samples_per_step": samples / max(1, len(batches)),
+        "rows_x_len": f"{statistics.mean(b['rows'] for b in batches):.1f} x "
+        f"{statistics.mean(b['row_len'] for b in batches):.0f}",
+        "padding": 1 - useful / max(1, processed),
+        "step_s": statistics.median(step_s),
+        "data_s": statistics.median([d for d in data_s if d == d] or [0.0]),
+        "samples_per_s": samples / wall,
+        "useful_tokens_per_s": useful / wall,
+        "processed_tokens_per_s": processed / wall,
+        "mfu": model_flops / wall / peak,
+        "hfu": hw_flops / wall / peak,
+        "steps": len(batches),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -114,6 +114,7 @@ Strategy = Literal["auto", "ddp", "fsdp", "deepspeed_stage_2"]
 Accelerator = Literal["auto", "cpu", "gpu"]
 Stage = Literal[1, 2, 3]
 Overlength = Literal["truncate", "skip"]
+Attention = Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
 
 #: The ImageBind trunks, in the order of the upstream model.
 TRUNK_NAMES: tuple[str, ...] = ("vision", "text", "audio", "depth", "thermal", "imu")
@@ -386,6 +387,10 @@ class LLMConfig(Node):
     media_wrappers: bool = False
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     gradient_checkpointing: bool = False
+    #: The attention kernels transformers runs: ``sdpa`` (torch's; a packed batch gets a
+    #: block-diagonal mask), ``eager``, ``flash_attention_2`` (CUDA + the ``flash-attn`` package; a
+    #: packed batch runs variable-length kernels, no mask) or ``flex_attention``.
+    attention: Attention = "sdpa"
 
     def _validate(self) -> None:
         positive(
@@ -767,6 +772,18 @@ class StageConfig(Node):
     batch_size: int = 18
     #: Maximum tokenised sequence length.
     max_length: int = 512
+    #: Lay a batch's samples out several per row (attention, positions, labels and signal runs kept
+    #: per sample) instead of one per row padded to the longest: the same samples and losses per
+    #: step on fewer tokens. See :mod:`nextgpt.stages.batch`.
+    packing: bool = False
+    #: Tokens per packed row (None: ``max_length``). SDPA/eager attention compute the whole
+    #: block-diagonal square mask of a row, so a shorter row can be faster there; flash attention's
+    #: variable-length kernels do not care.
+    pack_length: int | None = None
+    #: With packing off: order each DataLoader worker's samples so that a batch holds samples of
+    #: similar length (windows of ``training.length_group_batches`` batches, sorted by token length,
+    #: batches in a seeded random order), which cuts the padding.
+    group_by_length: bool = False
     #: Dataset names the stage's data module reads (upstream names, e.g. cc3m, webvid, audiocap).
     datasets: list[str] = field(default_factory=list)
     #: Multipliers of each modality's signal-alignment loss in this stage (missing = 1.0).
@@ -774,6 +791,13 @@ class StageConfig(Node):
 
     def _validate(self) -> None:
         positive(self, "lr", "eps", "epochs", "batch_size", "max_length")
+        if self.pack_length is not None:
+            positive(self, "pack_length")
+        check(
+            not (self.packing and self.group_by_length),
+            "group_by_length",
+            "is the alternative to packing; set packing or group_by_length, not both",
+        )
         check(len(self.betas) == 2, "betas", f"needs two values, got {self.betas}")
         for i, beta in enumerate(self.betas):
             check(0.0 <= beta < 1.0, f"betas[{i}]", f"must be in [0, 1), got {beta}")
@@ -787,9 +811,10 @@ class StageConfig(Node):
 def _table7_stages() -> dict[int, StageConfig]:
     # NExT-GPT paper Table 7: Adam, lr 4e-4/4e-4/5e-4, wd 0.001, 1 epoch, warm-up 0.1, linear
     # schedule, batch 18/8/4 per GPU, max length 512; stage-3 video alignment weight 2.0 (legacy code).
+    # Packing on for the short caption samples of stages 1 and 2 (nextgpt's default, not upstream's).
     return {
-        1: StageConfig(lr=4e-4, batch_size=18),
-        2: StageConfig(lr=4e-4, batch_size=8),
+        1: StageConfig(lr=4e-4, batch_size=18, packing=True),
+        2: StageConfig(lr=4e-4, batch_size=8, packing=True),
         3: StageConfig(lr=5e-4, batch_size=4, alignment_weights={Modality.VIDEO: 2.0}),
     }
 
@@ -827,6 +852,9 @@ class TrainingConfig(Node):
     output_dir: str = field(default="runs", metadata=PATH_METADATA)
     #: Shuffle-buffer size in samples per DataLoader worker (0: file order, no shuffling).
     shuffle_buffer: int = 64
+    #: Batches per sorting window of a stage's ``group_by_length`` (per DataLoader worker; the
+    #: window's decoded samples are held in memory).
+    length_group_batches: int = 32
     #: Dropped samples (all ranks, all reasons) above this fraction of the samples seen stop the run.
     max_bad_fraction: float = 0.01
     #: Samples seen (all ranks) before ``max_bad_fraction`` is checked.
@@ -837,7 +865,7 @@ class TrainingConfig(Node):
     stages: dict[int, StageConfig] = field(default_factory=_table7_stages)
 
     def _validate(self) -> None:
-        positive(self, "num_nodes", "accumulate_grad_batches", "log_every_n_steps")
+        positive(self, "num_nodes", "accumulate_grad_batches", "log_every_n_steps", "length_group_batches")
         check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
         check(self.shuffle_buffer >= 0, "shuffle_buffer", f"must be >= 0, got {self.shuffle_buffer}")
         check(

@@ -63,6 +63,7 @@ def _load_hf(cfg: LLMConfig, seed: int):
 
     dtype = torch_dtype(cfg.dtype)
     path = resolve_path(cfg.path, "model.llm.path")
+    _check_attention(cfg.attention)
     if path is None:
         from nextgpt.tiny_tokenizer import build_tiny_tokenizer
 
@@ -90,7 +91,8 @@ def _load_hf(cfg: LLMConfig, seed: int):
             ) from None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype)  # built in the target dtype
+            # built in the target dtype
+            model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, attn_implementation=cfg.attention)
         logger.warning(
             "LLM: RANDOM %s weights (model.llm.path is null): %d layers, hidden %d, seed %d",
             cfg.kind,
@@ -112,7 +114,9 @@ def _load_hf(cfg: LLMConfig, seed: int):
         path = _gguf_converted(gguf)
     try:
         tokenizer = load_tokenizer(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype, attn_implementation=cfg.attention, **kwargs
+        )
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot load the LLM from '{path}': {exc}") from exc
     model_type = getattr(model.config, "model_type", None)
@@ -123,6 +127,18 @@ def _load_hf(cfg: LLMConfig, seed: int):
         )
     logger.info("LLM: loaded %s from %s", type(model).__name__, path / (cfg.gguf_file or ""))
     return model, tokenizer
+
+
+def _check_attention(attention: str) -> None:
+    """Refuse an attention implementation this machine cannot run, naming the key."""
+    if attention == "flash_attention_2":
+        if not torch.cuda.is_available():
+            raise ConfigError("model.llm.attention=flash_attention_2 needs a CUDA GPU; use sdpa here")
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError(
+                "model.llm.attention=flash_attention_2 needs the flash-attn package "
+                "(pip install flash-attn --no-build-isolation); or use sdpa"
+            )
 
 
 def load_tokenizer(path: Path, **kwargs):

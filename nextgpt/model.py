@@ -276,12 +276,14 @@ class NextGPT(GenerationMixin, nn.Module):
         denoise_weight: float = 1.0,
         generator: torch.Generator | None = None,
         input_idle: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The NExT-GPT training losses for one batch.
 
         Args:
             input_ids: token ids ``[B, L]``.
-            attention_mask: ``[B, L]``, 1 on real tokens.
+            attention_mask: ``[B, L]``, 1 on real tokens (not given to the LLM when the batch is
+                packed: ``position_ids`` say where each sample starts).
             labels: ``[B, L]``, ``-100`` where no loss is taken.
             media_tokens: projected input-media tokens per slot ``[T, H]``, in placeholder order.
             targets: per row, one :class:`SignalTarget` per signal run, in order, of the run's
@@ -297,6 +299,10 @@ class NextGPT(GenerationMixin, nn.Module):
             generator: the random stream of the denoising loss's noise and timesteps.
             input_idle: the zero scalar of :meth:`project_inputs` (training), added to the loss so
                 that the idle projector calls are part of the graph.
+            position_ids: ``[B, L]`` for a packed batch (several samples per row): positions that
+                restart at 0 where a sample starts. Attention stays within each sample
+                (transformers builds the block-diagonal mask, or the variable-length flash-attention
+                call, from them); the first label of each sample must be ``-100``.
 
         Returns:
             ``loss`` (weighted total), ``lm_loss`` (next-token cross-entropy on labelled positions),
@@ -310,13 +316,17 @@ class NextGPT(GenerationMixin, nn.Module):
                 projector's output.
         """
         embeds = self.embed_inputs(input_ids, media_tokens)
-        out = self.llm(embeds, attention_mask)
-        logits = out.logits[:, :-1].float()
-        shifted = labels[:, 1:].reshape(-1)
-        ce_sum = nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), shifted, ignore_index=-100, reduction="sum"
-        )
-        lm_loss = ce_sum / (shifted != -100).sum().clamp(min=1)  # mean over labelled tokens; 0 if none
+        if position_ids is not None:
+            out = self.llm(embeds, None, position_ids=position_ids, compute_logits=False)
+        else:
+            out = self.llm(embeds, attention_mask, compute_logits=False)
+        # Logits only where a label is: the LM head over the whole batch would cost ~20% of a small
+        # model's step (and B x L x V floats) for positions no loss reads. Same loss, same gradients.
+        shifted = labels[:, 1:]
+        target = shifted != -100
+        logits = self.llm.logits(out.hidden[:, :-1][target]).float()  # (N, V)
+        ce_sum = nn.functional.cross_entropy(logits, shifted[target], reduction="sum")
+        lm_loss = ce_sum / target.sum().clamp(min=1)  # mean over labelled tokens; 0 if none
         losses: dict[str, torch.Tensor] = {"lm_loss": lm_loss}
         total = lm_weight * lm_loss
         if input_idle is not None:

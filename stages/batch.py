@@ -13,11 +13,22 @@ and stops the run past ``training.max_bad_fraction``.
 
 A batch whose samples were all dropped is still a batch (:meth:`Batch.empty`: one unlabelled row):
 every rank must run the same steps under DDP/FSDP, so it trains with a zero loss instead of skipping.
+
+Packing (``packing=True``, ``training.stages.N.packing``): the batch's samples are laid out several per
+row (:func:`pack_rows`: balanced rows of at most ``pack_length`` tokens, the layout with the fewest
+tokens) instead of one per row padded to the longest. A batch still holds the same samples, so a
+packed run takes the very steps an unpacked one takes, on fewer tokens. Each sample keeps its own
+positions (``position_ids`` restart at 0), its labels (the first token of a sample is never a target,
+as in its own row), its media placeholders and its signal runs; the LLM confines attention to each
+sample from the restarting positions (transformers' packed-sequence masks: a block-diagonal mask for
+SDPA and eager attention, variable-length kernels for flash attention). The losses are then those of
+the unpacked batch (``tests/test_packing.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import logging
 from dataclasses import dataclass, field
 
@@ -37,8 +48,11 @@ class Batch:
     """One training batch.
 
     Attributes:
-        keys: sample keys, one per row.
-        input_ids, attention_mask, labels: ``[B, L]`` (right padded; labels ``-100`` off target).
+        keys: sample keys in row order (one per row; several per row when packed).
+        input_ids, attention_mask, labels: ``[B, L]`` (right padded; labels ``-100`` off target;
+            ``attention_mask`` is 1 on every sample token, packed or not).
+        position_ids: ``[B, L]`` positions restarting at 0 for each sample of a packed batch, else
+            ``None`` (one sample per row, positions from the attention mask).
         slot_modalities: per input media slot (placeholder order over the batch) the modality of each
             of its items.
         media: preprocessed encoder inputs per modality (items in slot order), or ``None`` when
@@ -65,6 +79,7 @@ class Batch:
     media: dict[Modality, torch.Tensor] | None
     features: dict[Modality, torch.Tensor] | None
     outputs: list[list[SignalTarget]]
+    position_ids: torch.Tensor | None = None
     num_samples: int = 0
     drops: dict[str, int] = field(default_factory=dict)
     skipped_keys: list[str] = field(default_factory=list)
@@ -80,6 +95,7 @@ class Batch:
         media: dict[Modality, torch.Tensor] | None,
         features: dict[Modality, torch.Tensor] | None,
         outputs: list[list[SignalTarget]] | None = None,
+        position_ids: torch.Tensor | None = None,
         num_samples: int = 0,
         drops: dict[str, int] | None = None,
         skipped_keys: list[str] | None = None,
@@ -95,6 +111,7 @@ class Batch:
         self.media = media
         self.features = features
         self.outputs = [list(row) for row in outputs]
+        self.position_ids = position_ids
         self.num_samples = num_samples
         self.drops = dict(drops or {})
         self.skipped_keys = list(skipped_keys or [])
@@ -109,6 +126,21 @@ class Batch:
     def output_captions(self) -> list[list[str | None]]:
         """Per row, the caption of each output (a view of :attr:`outputs`)."""
         return [[t.caption for t in row] for row in self.outputs]
+
+    @property
+    def packed(self) -> bool:
+        """Several samples may share a row (``position_ids`` restart per sample)."""
+        return self.position_ids is not None
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of the batch (``input_ids.shape[0]``)."""
+        return int(self.input_ids.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        """Sample tokens in the batch: the rows' tokens less the padding."""
+        return 0 if self.is_empty else int(self.attention_mask.sum())
 
     @property
     def skipped(self) -> int:
@@ -146,7 +178,7 @@ class Batch:
                 return [move(v) for v in x]
             return x
 
-        names = ("input_ids", "attention_mask", "labels", "media", "features")
+        names = ("input_ids", "attention_mask", "labels", "position_ids", "media", "features")
         moved = {name: move(getattr(self, name)) for name in names}
         outputs = [[t.to(device) for t in row] for row in self.outputs]
         return dataclasses.replace(self, **moved, outputs=outputs)
@@ -202,6 +234,42 @@ def truncate_encoded(enc: Encoded, max_length: int, processor: Processor) -> tup
     return out, kept_out
 
 
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Sample indices per row for a packed batch: the layout with the fewest tokens (rows x longest
+    row) whose rows hold at most ``capacity`` tokens, ties going to more, shorter rows.
+
+    For each row count from ``ceil(sum / capacity)`` up to one row per sample, the samples are placed
+    longest first, each on the row with the fewest tokens so far (the LPT rule: the longest row is at
+    most 4/3 of the best possible, Graham 1969); the best row count wins. One sample per row (the
+    padded layout) is among the candidates, so packing never costs more tokens than padding. A sample
+    longer than ``capacity`` can only have a row of its own, which then sets the row length.
+    Deterministic (ties keep the input order); within a row, and across rows by their first sample,
+    the input order is kept.
+    """
+    n = len(lengths)
+    if n == 0:
+        return []
+    order = sorted(range(n), key=lambda i: (-lengths[i], i))
+    cap = max(capacity, max(lengths))
+    best: tuple[int, int, list[list[int]]] | None = None
+    for count in range(max(1, -(-sum(lengths) // cap)), n + 1):
+        rows: list[list[int]] = [[] for _ in range(count)]
+        heap = [(0, r) for r in range(count)]  # (tokens so far, row): the emptiest row first
+        for i in order:
+            load, r = heapq.heappop(heap)
+            rows[r].append(i)
+            heapq.heappush(heap, (load + lengths[i], r))
+        longest = max(load for load, _ in heap)
+        if longest > cap:
+            continue
+        if best is None or count * longest <= best[0]:
+            best = (count * longest, count, rows)
+        if longest == max(lengths):  # more rows cannot be shorter
+            break
+    assert best is not None  # one sample per row always fits
+    return sorted((sorted(row) for row in best[2]), key=lambda row: row[0])
+
+
 class Collator:
     """Callable ``list[Sample | DroppedSample] -> Batch`` (never ``None``; see the module docstring).
 
@@ -212,6 +280,10 @@ class Collator:
         feature_cache: optional :class:`~nextgpt.stages.cache.FeatureCache` of encoder features.
         caption_cache: optional :class:`~nextgpt.stages.cache.FeatureCache` of alignment targets.
         overlength: ``"truncate"`` (default) or ``"skip"``.
+        packing: lay several samples out per row (module docstring) instead of one per row.
+        pack_length: tokens per packed row (default ``max_length``). With flash attention a longer
+            row costs nothing extra; SDPA and eager attention compute the whole block-diagonal
+            ``pack_length``-square mask, so on those a shorter row can be faster.
     """
 
     def __init__(
@@ -223,15 +295,32 @@ class Collator:
         feature_cache=None,
         caption_cache=None,
         overlength: str = "truncate",
+        packing: bool = False,
+        pack_length: int | None = None,
     ):
         if overlength not in OVERLENGTH:
             raise InputError(f"unknown overlength policy {overlength!r}; valid: {', '.join(OVERLENGTH)}")
+        if pack_length is not None and pack_length < 1:
+            raise InputError(f"pack_length must be a positive number of tokens, got {pack_length}")
+        self.packing = bool(packing)
+        self.pack_length = int(pack_length) if pack_length is not None else int(max_length)
         self.processor = processor
         self.max_length = max_length
         self.pad_id = pad_id
         self.feature_cache = feature_cache
         self.caption_cache = caption_cache
         self.overlength = overlength
+
+    def length(self, sample) -> int:
+        """Tokens ``sample`` takes in a batch (its encoding, at most ``max_length``); 0 for a dropped
+        sample or one whose template fails (the collator drops it)."""
+        if isinstance(sample, DroppedSample):
+            return 0
+        try:
+            n = self.processor.encode(sample.turns, add_generation_prompt=False).input_ids.numel()
+        except (InputError, ValueError):
+            return 0
+        return min(int(n), self.max_length)
 
     def _prepare(self, sample):
         from nextgpt.encoders.encoder import ImageBindEncoder
@@ -304,30 +393,50 @@ class Collator:
                 skipped_keys.append(getattr(sample, "key", "?"))
         if not rows:
             return Batch.empty(self.pad_id, num_samples=seen, drops=drops, skipped_keys=skipped_keys)
-        L = max(enc.input_ids.numel() for _, enc, *_ in rows)
-        B = len(rows)
+        lengths = [enc.input_ids.numel() for _, enc, *_ in rows]
+        layout = pack_rows(lengths, self.pack_length) if self.packing else [[i] for i in range(len(rows))]
+        L = max(sum(lengths[i] for i in row) for row in layout)
+        B = len(layout)
         input_ids = torch.full((B, L), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((B, L), dtype=torch.long)
         labels = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((B, L), dtype=torch.long) if self.packing else None
         slot_modalities: list[list[Modality]] = []
         per_mod: dict[Modality, list[torch.Tensor]] = {}
-        for b, (_, enc, items, _) in enumerate(rows):
-            n = enc.input_ids.numel()
-            input_ids[b, :n], attention_mask[b, :n], labels[b, :n] = enc.input_ids, 1, enc.labels
-            slot_modalities += [[item.modality for item in slot] for slot in enc.slots]
-            for m, tensor in items:
-                per_mod.setdefault(m, []).append(tensor)
+        keys: list[str] = []
+        outputs: list[list[SignalTarget]] = []
+        for b, row in enumerate(layout):
+            start, row_outputs = 0, []
+            for i in row:  # media, slots and outputs in placeholder order over the batch (row-major)
+                sample, enc, items, sample_outputs = rows[i]
+                n = lengths[i]
+                input_ids[b, start : start + n] = enc.input_ids
+                attention_mask[b, start : start + n] = 1
+                labels[b, start : start + n] = enc.labels
+                if position_ids is not None:
+                    position_ids[b, start : start + n] = torch.arange(n)
+                    labels[b, start] = IGNORE_INDEX  # predicted from the previous sample: never a target
+                slot_modalities += [[item.modality for item in slot] for slot in enc.slots]
+                for m, tensor in items:
+                    per_mod.setdefault(m, []).append(tensor)
+                keys.append(sample.key)
+                row_outputs += sample_outputs
+                start += n
+            if position_ids is not None:  # the padding after the row's samples: a segment of its own
+                position_ids[b, start:] = torch.arange(L - start)
+            outputs.append(row_outputs)
         stacked = {m: torch.stack(ts) for m, ts in per_mod.items()}
         cached = self.feature_cache is not None
         return Batch(
-            keys=[s.key for s, *_ in rows],
+            keys=keys,
             input_ids=input_ids,
             attention_mask=attention_mask,
             labels=labels,
             slot_modalities=slot_modalities,
             media=None if cached else stacked,
             features=stacked if cached else None,
-            outputs=[outputs for *_, outputs in rows],
+            outputs=outputs,
+            position_ids=position_ids,
             num_samples=seen,
             drops=drops,
             skipped_keys=skipped_keys,

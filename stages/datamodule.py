@@ -14,15 +14,23 @@ runs the same steps.
 Resuming mid-epoch: the shard order is a function of the seed, so after a restart the loader skips
 the batches the restored loop already completed and the run continues with the very batches an
 uninterrupted run would have seen.
+
+Padding: a stage with ``packing`` (on for stages 1 and 2) collates its batches several samples per row
+(:mod:`nextgpt.stages.batch`); one with ``group_by_length`` instead reorders each worker's samples
+(:class:`LengthGroupedDataset`) so that a batch holds samples of similar length. Neither changes how
+many samples a batch holds nor the epoch's length, and both are deterministic, so resuming stays
+exact.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from nextgpt.errors import ConfigError
 from nextgpt.stages.batch import Collator
@@ -55,6 +63,73 @@ def stage_shards(data_dir: str | Path, stage: int, names: list[str]) -> list[str
             f"or `make data-demo`, or set {key}=[...] to the datasets you have"
         )
     return [str(p) for p in found]
+
+
+class LengthGroupedDataset(IterableDataset):
+    """``dataset``'s items in an order where each run of ``batch_size`` consecutive items (what one
+    DataLoader worker makes a batch of) holds items of similar length.
+
+    Each worker's stream is cut into windows of ``window_batches * batch_size`` items; a window is
+    sorted by ``length`` (ties keep the stream order), cut into batches, and its full batches are
+    yielded in a random order drawn from ``seed``, the epoch and the worker, so the order is the same
+    on every run (exact resume). Only the stream's last window can hold a short batch; it comes last,
+    so every batch boundary stays where the DataLoader draws it. The number of items per worker is
+    the dataset's, so the epoch's length is unchanged. Memory: one window of decoded samples.
+
+    Args:
+        dataset: a :class:`~nextgpt.stages.data.ShardDataset` (its ``set_epoch``,
+            ``worker_position`` and ``batches_per_rank`` are used).
+        length: item -> tokens (e.g. :meth:`~nextgpt.stages.batch.Collator.length`).
+        batch_size: the DataLoader's batch size.
+        window_batches: batches per sorting window.
+        seed: seed of the batch order.
+    """
+
+    def __init__(
+        self, dataset, length: Callable[[object], int], batch_size: int, window_batches: int, seed: int
+    ) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.length = length
+        self.batch_size = int(batch_size)
+        self.window = int(window_batches) * self.batch_size
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (the dataset's order and the batch order follow it)."""
+        self.epoch = int(epoch)
+        self.dataset.set_epoch(epoch)
+
+    def batches_per_rank(self, batch_size: int, num_workers: int) -> int:
+        """The dataset's batches per rank: grouping keeps every worker's item count."""
+        return self.dataset.batches_per_rank(batch_size, num_workers)
+
+    def num_samples(self) -> int:
+        """Raw samples of the dataset."""
+        return self.dataset.num_samples()
+
+    def __iter__(self):
+        g, total = self.dataset.worker_position()
+        rng = random.Random(f"length-groups:{self.seed}:{self.epoch}:{g}:{total}")
+        window: list = []
+        for item in self.dataset:
+            window.append(item)
+            if len(window) == self.window:
+                yield from self._grouped(window, rng)
+                window = []
+        yield from self._grouped(window, rng)
+
+    def _grouped(self, items: list, rng: random.Random):
+        lengths = [self.length(item) for item in items]
+        order = sorted(range(len(items)), key=lambda i: (lengths[i], i))
+        bs = self.batch_size
+        batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+        full = [b for b in batches if len(b) == bs]
+        rng.shuffle(full)
+        for batch in full + [b for b in batches if len(b) < bs]:
+            for i in batch:
+                yield items[i]
 
 
 class _SkipFirst:
@@ -173,17 +248,30 @@ class NextGPTDataModule(L.LightningDataModule):
             feature_cache=self.feature_cache,
             caption_cache=self.caption_cache,
             overlength=self.config.training.overlength,
+            packing=self.stage_cfg.packing,
+            pack_length=self.stage_cfg.pack_length,
         )
 
     def train_dataloader(self):
         """The training DataLoader (set up first if needed); on resume it skips the batches the fit loop
-        already completed."""
+        already completed. With the stage's ``group_by_length`` the samples come through a
+        :class:`LengthGroupedDataset`."""
         if self.dataset is None:
             self.setup()
+        collator = self.collator()
+        dataset = self.dataset
+        if self.stage_cfg.group_by_length:
+            dataset = LengthGroupedDataset(
+                self.dataset,
+                collator.length,
+                self.stage_cfg.batch_size,
+                self.config.training.length_group_batches,
+                self.config.training.seed,
+            )
         loader = DataLoader(
-            self.dataset,
+            dataset,
             batch_size=self.stage_cfg.batch_size,
-            collate_fn=self.collator(),
+            collate_fn=collator,
             num_workers=self.config.training.num_workers,
             persistent_workers=False,
         )

@@ -181,6 +181,7 @@ class StageModule(L.LightningModule):
             lm_weight=training.lm_loss_weight,
             denoise_weight=training.denoising_loss_weight,
             input_idle=idle,
+            position_ids=batch.position_ids,
         )
 
     def signal_targets(self, batch) -> list[list[SignalTarget]]:
@@ -236,7 +237,7 @@ class StageModule(L.LightningModule):
         # reaches every trainable tensor), so that every rank takes the same steps.
         losses = self(batch)
         if not batch.is_empty:
-            B = batch.input_ids.shape[0]
+            B = len(batch.keys)  # samples (a packed row holds several)
             for k, v in losses.items():
                 if k != "loss" and v.ndim == 0:
                     self.log(f"train/{k}", v.float(), batch_size=B, on_step=True, prog_bar=k == "lm_loss")
@@ -248,7 +249,7 @@ class StageModule(L.LightningModule):
         samples were all dropped."""
         losses = self(batch)
         if not batch.is_empty:
-            self.log("val/loss", losses["loss"], batch_size=batch.input_ids.shape[0], sync_dist=True)
+            self.log("val/loss", losses["loss"], batch_size=len(batch.keys), sync_dist=True)
 
     # ------------------------------------------------------------------ dropped samples
 
