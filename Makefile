@@ -19,7 +19,7 @@ STAGE_PRESET ?= tiny
 help:
 	@echo "make install   install nextgpt (editable) + test tools into the active Python ($(PYTHON))"
 	@echo "make test      run the test suite (offline, CPU, 2 workers; heavy tests skipped)"
-	@echo "make test-heavy the heavy tests (2-process bf16 stage chain, wheel install)"
+	@echo "make test-heavy the heavy tests (2-process bf16 stage chain, wheel install, memory and gpu-check smokes)"
 	@echo "make lint      ruff (style, docstrings, no print in the library)"
 	@echo "make format    ruff --fix and ruff format"
 	@echo "make typecheck mypy on the public API"

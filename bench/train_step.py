@@ -189,7 +189,7 @@ def run(args) -> Report:
     rows, configs = [], {}
     try:
         most = max(args.batch_size or base.training.stage_config(s).batch_size for s in args.stages)
-        data = Path(args.data) if args.data else _demo_data(work, (steps + warmup + 1) * most * 2)
+        data = Path(args.data) if args.data else _demo_data(work, (steps + warmup + 1) * most)
         cache_dir = work / "cache"
         peak, peak_source = peak_flops(device, dtypes.autocast or dtypes.llm, args.peak_tflops)
         frozen, lora = llm_matmul_params(model.llm)

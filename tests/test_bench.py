@@ -154,53 +154,46 @@ def test_full_size_component_shapes(bench):
 
 @pytest.mark.slow
 def test_train_step_smoke(bench, tmp_path):
-    """Stages 1 and 3 through Trainer.fit on the demo shards, with and without caches, packed and
-    padded: every variant timed its steps and counted useful tokens, model FLOPs below hardware FLOPs."""
-    data = run_script(bench, "train_step", tmp_path, "--stages", "1", "3", "--cache", "both", "--steps", "2")
+    """Stage 1 through Trainer.fit on the demo shards with the feature cache, packed and padded
+    (in-process loading, to keep it short): every variant timed its steps and counted useful tokens,
+    model FLOPs at most hardware FLOPs."""
+    args = (
+        "--stages",
+        "1",
+        "--cache",
+        "on",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--num-workers",
+        "0",
+        "--batch-size",
+        "4",
+    )
+    data = run_script(bench, "train_step", tmp_path, *args)
     rows = data["results"]
-    assert [(r["stage"], r["cache"], r["layout"]) for r in rows] == [
-        (s, c, layout) for s in (1, 3) for c in ("on", "off") for layout in ("packed", "padded")
-    ]
+    assert [(r["stage"], r["cache"], r["layout"]) for r in rows] == [(1, "on", "packed"), (1, "on", "padded")]
     for row in rows:
         positive_finite(row, ["step_s", "samples_per_s", "useful_tokens_per_s", "mfu", "hfu"])
         assert row["steps"] == 2 and 0 <= row["padding"] < 1
         assert row["mfu"] <= row["hfu"]  # padding, whole-row attention
         assert row["useful_tokens_per_s"] <= row["processed_tokens_per_s"]
-    assert set(data["summary"]["packed_over_padded"]) == {
-        f"stage{s}_cache_{c}" for s in (1, 3) for c in ("on", "off")
-    }
+    assert set(data["summary"]["packed_over_padded"]) == {"stage1_cache_on"}
     assert any("Trainer.fit" in note for note in data["notes"])
     assert any("excluded" in note for note in data["notes"])
 
 
 def test_sample_flops_count_useful_and_processed_work(bench):
-    f = bench("flops").sample_flops(
-        body=100,
-        head=10,
-        lora=2,
-        layers=2,
-        hidden=4,
-        lengths=[3, 5],
-        labelled=4,
-        rows=1,
-        row_len=10,
-        recompute=False,
+    sample_flops = bench("flops").sample_flops
+    batch = dict(
+        body=100, head=10, lora=2, layers=2, hidden=4, lengths=[3, 5], labelled=4, rows=1, row_len=10
     )
+    f = sample_flops(**batch, recompute=False)
     assert f["useful"] == 8 and f["processed"] == 10
     assert f["model"] == 4 * 100 * 8 + 6 * 2 * 8 + 4 * 10 * 4 + 12 * 2 * 4 * (9 + 25)
     assert f["hardware"] == 4 * 100 * 10 + 6 * 2 * 10 + 4 * 10 * 4 + 12 * 2 * 4 * 100
-    g = bench("flops").sample_flops(
-        body=100,
-        head=10,
-        lora=2,
-        layers=2,
-        hidden=4,
-        lengths=[3, 5],
-        labelled=4,
-        rows=1,
-        row_len=10,
-        recompute=True,
-    )
+    g = sample_flops(**batch, recompute=True)
     assert g["hardware"] == f["hardware"] + 2 * 102 * 10 + 4 * 2 * 4 * 100
 
 
@@ -263,6 +256,7 @@ def test_generate_latency_smoke(bench, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # three model builds in subprocesses (~35 s); test_residency covers the policy
 def test_memory_smoke(bench, tmp_path):
     data = run_script(bench, "memory", tmp_path)
     rows = {r["mode"]: r for r in data["results"]}
@@ -293,6 +287,7 @@ def test_batching_smoke(bench, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # every stage of two presets through Lightning (~35 s); its target is make gpu-check
 def test_gpu_check_smoke(bench, tmp_path):
     """`make gpu-check`'s logic at smoke size on the CPU: every item of both 7B presets' structure in
     their precision (fp16 through the CPU GradScaler), the DDP item on 2 processes, generate with all
