@@ -252,7 +252,10 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     order = sorted(range(n), key=lambda i: (-lengths[i], i))
     cap = max(capacity, max(lengths))
     best: tuple[int, int, list[list[int]]] | None = None
+    longest_sample = max(lengths)
     for count in range(max(1, -(-sum(lengths) // cap)), n + 1):
+        if best is not None and count * longest_sample > best[0]:
+            break  # every row is at least the longest sample: more rows can only cost more
         rows: list[list[int]] = [[] for _ in range(count)]
         heap = [(0, r) for r in range(count)]  # (tokens so far, row): the emptiest row first
         for i in order:
@@ -264,7 +267,7 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
             continue
         if best is None or count * longest <= best[0]:
             best = (count * longest, count, rows)
-        if longest == max(lengths):  # more rows cannot be shorter
+        if longest == longest_sample:  # more rows cannot be shorter
             break
     assert best is not None  # one sample per row always fits
     return sorted((sorted(row) for row in best[2]), key=lambda row: row[0])
