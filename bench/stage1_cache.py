@@ -90,7 +90,7 @@ def run(args) -> Report:
         online = Collator(model.processor, max_len, pad)
         cached = Collator(model.processor, max_len, pad, feature_cache=cache)
 
-        def make_step(collator, samples):
+        def make_step(collator, samples, collate_times: list[float]):
             def step():
                 t = time.perf_counter()
                 batch = collator(samples)
@@ -111,25 +111,32 @@ def run(args) -> Report:
         for m in args.modalities:
             mod = Modality(m)
             samples = _samples(data, 1, m, B)
-            media = online(samples).media[mod]
+            first = online(samples)
+            media = first.media[mod]
 
             def encode(media=media, mod=mod):
                 with torch.no_grad(), dtypes.autocast_context(device):
                     return model.media_features(mod, media.to(device))
 
             enc_stats, feats = timeit(encode, device=device, repeats=steps, warmup=1)
-            collate_times: list[float] = []
-            on_stats, _ = timeit(make_step(online, samples), device=device, repeats=steps, warmup=args.warmup)
-            on_collate = statistics.median(collate_times[-steps:])
-            collate_times = []
-            ca_stats, _ = timeit(make_step(cached, samples), device=device, repeats=steps, warmup=args.warmup)
-            ca_collate = statistics.median(collate_times[-steps:])
+            on_times: list[float] = []
+            ca_times: list[float] = []
+            on_stats, _ = timeit(
+                make_step(online, samples, on_times), device=device, repeats=steps, warmup=args.warmup
+            )
+            ca_stats, _ = timeit(
+                make_step(cached, samples, ca_times), device=device, repeats=steps, warmup=args.warmup
+            )
+            on_collate, ca_collate = (
+                statistics.median(on_times[-steps:]),
+                statistics.median(ca_times[-steps:]),
+            )
             on_s, ca_s = on_stats["median_s"], ca_stats["median_s"]
             rows.append(
                 {
                     "modality": m,
                     "batch": B,
-                    "tokens": int(online(samples).attention_mask.sum()),
+                    "tokens": first.num_tokens,
                     "media_shape": list(media.shape[1:]),
                     "feature_shape": list(feats.shape[1:]),
                     "online_step_s": on_s,

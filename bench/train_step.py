@@ -39,6 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 
 from bench.cli import base_parser, cli_main, setup
@@ -92,48 +93,39 @@ def _sample_lengths(batch) -> list[int]:
     return out
 
 
-class StepTimer:
-    """Lightning callback: per-step compute time, data wait and the batch's shape."""
+class StepTimer(L.Callback):
+    """Per-step compute time (``on_train_batch_start`` -> ``on_train_batch_end``, synchronised), the
+    data wait before each step, and each batch's shape."""
 
     def __init__(self, device: torch.device) -> None:
-        import lightning as L
-
-        timer = self
-
-        class _Callback(L.Callback):
-            def on_train_batch_start(self, trainer, module, batch, batch_idx):
-                timer._sync()
-                now = time.perf_counter()
-                timer.data_s.append(now - timer.last_end if timer.last_end is not None else math.nan)
-                timer.t0 = now
-
-            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-                timer._sync()
-                now = time.perf_counter()
-                timer.step_s.append(now - timer.t0)
-                timer.last_end = now
-                labelled = int((batch.labels[:, 1:] != -100).sum())
-                timer.batches.append(
-                    {
-                        "samples": len(batch.keys),
-                        "lengths": _sample_lengths(batch),
-                        "rows": batch.num_rows,
-                        "row_len": int(batch.input_ids.shape[1]),
-                        "labelled": labelled,
-                    }
-                )
-
         self.device = device
-        self.callback = _Callback()
         self.step_s: list[float] = []
         self.data_s: list[float] = []
         self.batches: list[dict] = []
         self.last_end: float | None = None
         self.t0 = 0.0
 
-    def _sync(self) -> None:
+    def _now(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.t0 = self._now()
+        self.data_s.append(self.t0 - self.last_end if self.last_end is not None else math.nan)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.last_end = self._now()
+        self.step_s.append(self.last_end - self.t0)
+        self.batches.append(
+            {
+                "samples": len(batch.keys),
+                "lengths": _sample_lengths(batch),
+                "rows": batch.num_rows,
+                "row_len": int(batch.input_ids.shape[1]),
+                "labelled": int((batch.labels[:, 1:] != -100).sum()),
+            }
+        )
 
 
 def _demo_data(root: Path, samples_needed: int) -> Path:
@@ -164,9 +156,7 @@ def _model(args, device, dtypes, extra: dict):
 
 
 def run(args) -> Report:
-    import lightning as L  # noqa: F401  (Lightning is the loop being measured)
-
-    from nextgpt.stages.cache import build_cache, open_caches
+    from nextgpt.stages.cache import STAGES_OF, build_cache, open_caches
     from nextgpt.stages.datamodule import NextGPTDataModule
     from nextgpt.stages.modules import StageModule
     from nextgpt.stages.train import build_trainer
@@ -198,13 +188,12 @@ def run(args) -> Report:
         for stage in args.stages:
             for cache in ["on", "off"] if args.cache == "both" else [args.cache]:
                 if cache == "on":
-                    for what in ("encoder", "captions"):
-                        if stage in {"encoder": (1, 3), "captions": (2, 3)}[what]:
+                    for what, stages in STAGES_OF.items():
+                        if stage in stages:
                             build_cache(what, data, cache_dir, model=model, stage=stage, progress=False)
-                packings = {"both": [True, False], "on": [True], "off": [False]}.get(args.packing)
-                if packings is None:
-                    packings = [base.training.stage_config(stage).packing]
-                for packing in packings:
+                preset_packing = base.training.stage_config(stage).packing
+                packings = {"both": [True, False], "on": [True], "off": [False], "preset": [preset_packing]}
+                for packing in packings[args.packing]:
                     over = [
                         f"training.stage={stage}",
                         f"training.stages.{stage}.packing={str(packing).lower()}",
@@ -232,7 +221,7 @@ def run(args) -> Report:
                         cfg,
                         work / f"run-s{stage}-{cache}-{packing}",
                         max_steps=steps + warmup,
-                        callbacks=[timer.callback],
+                        callbacks=[timer],
                         enable_progress_bar=False,
                         enable_model_summary=False,
                     )

@@ -250,9 +250,9 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     if n == 0:
         return []
     order = sorted(range(n), key=lambda i: (-lengths[i], i))
-    cap = max(capacity, max(lengths))
-    best: tuple[int, int, list[list[int]]] | None = None
     longest_sample = max(lengths)
+    cap = max(capacity, longest_sample)
+    best: tuple[int, list[list[int]]] | None = None  # (tokens, rows)
     for count in range(max(1, -(-sum(lengths) // cap)), n + 1):
         if best is not None and count * longest_sample > best[0]:
             break  # every row is at least the longest sample: more rows can only cost more
@@ -266,11 +266,11 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
         if longest > cap:
             continue
         if best is None or count * longest <= best[0]:
-            best = (count * longest, count, rows)
+            best = (count * longest, rows)
         if longest == longest_sample:  # more rows cannot be shorter
             break
     assert best is not None  # one sample per row always fits
-    return sorted((sorted(row) for row in best[2]), key=lambda row: row[0])
+    return sorted((sorted(row) for row in best[1]), key=lambda row: row[0])
 
 
 class Collator:

@@ -105,10 +105,6 @@ class LengthGroupedDataset(IterableDataset):
         """The dataset's batches per rank: grouping keeps every worker's item count."""
         return self.dataset.batches_per_rank(batch_size, num_workers)
 
-    def num_samples(self) -> int:
-        """Raw samples of the dataset."""
-        return self.dataset.num_samples()
-
     def __iter__(self):
         g, total = self.dataset.worker_position()
         rng = random.Random(f"length-groups:{self.seed}:{self.epoch}:{g}:{total}")

@@ -182,6 +182,28 @@ def test_packed_layout_keeps_each_sample_whole(demo_data: Path, tiny_model: Next
     assert k == len(samples)
 
 
+def test_a_sample_start_is_never_predicted_from_the_sample_before(demo_data: Path, monkeypatch) -> None:
+    """A template whose first token is a target (labels[0] set): in its own row nothing predicts it
+    (the loss shifts by one), so in a packed row the previous sample's last token must not either."""
+    cfg = NextGPTConfig.from_preset("tiny").with_overrides(NO_NOISE)
+    model = NextGPT(cfg)
+    encode = model.processor.encode
+
+    def first_token_labelled(*args, **kwargs):
+        enc = encode(*args, **kwargs)
+        enc.labels[0] = enc.input_ids[0]
+        return enc
+
+    monkeypatch.setattr(model.processor, "encode", first_token_labelled)
+    module = StageModule(cfg, 1, model).train()
+    padded_collator, packed_collator = _collators(model, 1, pack_length=1024)
+    samples = _samples(demo_data, 1, 8)
+    padded, packed = padded_collator(samples), packed_collator(samples)
+    assert packed.num_rows < padded.num_rows
+    with torch.no_grad():
+        torch.testing.assert_close(module(packed)["lm_loss"], module(padded)["lm_loss"], **F32)
+
+
 def test_labelled_positions_only_logits_give_the_full_cross_entropy(
     tiny_model: NextGPT, demo_data: Path
 ) -> None:
@@ -271,9 +293,6 @@ class _Stream:
 
     def batches_per_rank(self, batch_size: int, num_workers: int) -> int:
         return -(-len(self.lengths) // batch_size)
-
-    def num_samples(self) -> int:
-        return len(self.lengths)
 
     def __iter__(self):
         return iter(range(len(self.lengths)))

@@ -200,7 +200,7 @@ def audio_pairs(n: int) -> list[PairRecord]:
 
 
 def test_ddp_ranks_see_different_modalities_and_a_dropped_batch(tmp_path: Path) -> None:
-    """Stage 2 on 2 processes under `strategy: auto` (what the presets say): rank 0 reads image pairs
+    """Stage 2 on 2 processes under `strategy: auto` (what the presets say), batches packed: rank 0 reads image pairs
     with one batch whose samples are all corrupt, rank 1 audio pairs; gradient accumulation 2 and no
     max_steps. It completes; both ranks hold identical weights, equal to one process with
     accumulation 4 over the same global batches (fp32; the all-reduce adds in another order: see
@@ -224,6 +224,9 @@ def test_ddp_ranks_see_different_modalities_and_a_dropped_batch(tmp_path: Path) 
         "training.stages.2.epochs=1",
         "training.max_bad_fraction=0.5",
         "training.strategy=auto",
+        # packed as the 7B presets train stage 2 (rows of 1024 byte-level tokens: 2 samples a row)
+        "training.stages.2.packing=true",
+        "training.stages.2.pack_length=1024",
     ]
     ddp = _spec(
         tmp_path,
