@@ -561,6 +561,103 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     _override_arg(p)
 
 
+def cmd_eval(args) -> int:
+    """``nextgpt eval TASK``: evaluate a model on one benchmark (docs/EVAL.md); ``--list`` lists tasks."""
+    from nextgpt.eval.tasks import TASKS, get_task
+
+    if args.list or not args.task:
+        if not args.list:
+            raise NextGPTError("name a task (nextgpt eval TASK ...) or pass --list")
+        for task in TASKS.values():
+            print(f"{task.name:<18} {task.benchmark}; metrics {', '.join(task.metrics)}")
+            print(f"{'':<18} {task.data_help}")
+        return 0
+    from nextgpt.eval.runner import EvalOptions, ExtractorPaths, run_task
+
+    task = get_task(args.task)
+    if not args.data:
+        raise NextGPTError(f"--data is required: {task.data_help}")
+    if not Path(args.data).is_file():  # fail before a (possibly minutes-long) model load
+        from nextgpt.errors import InputError
+
+        raise InputError(f"--data file not found: '{args.data}'")
+    options = EvalOptions(
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        audio_length_in_s=args.audio_seconds,
+        num_frames=args.num_frames,
+    )
+    extractors = ExtractorPaths(
+        inception=args.inception, clip=args.clip, panns=args.panns, vggish=args.vggish
+    )
+    model = _load_model(args)
+    total = [0]
+
+    def progress(done: int, n: int) -> None:
+        total[0] = n
+        print(f"\r{task.name}: {done}/{n} answered", end="", file=sys.stderr, flush=True)
+
+    result = run_task(
+        task.name,
+        model,
+        args.data,
+        args.out,
+        model_name=args.model or f"preset:{args.preset}",
+        media=args.media,
+        answers=args.answers,
+        split=args.split,
+        pattern=args.pattern,
+        limit=args.limit,
+        metrics=args.metrics.split(",") if args.metrics else None,
+        options=options,
+        extractors=extractors,
+        restart=args.restart,
+        progress=progress,
+    )
+    print(file=sys.stderr)
+    for name, entry in result["metrics"].items():
+        paper = ", ".join(f"{p['value']:g} ({p['table']})" for p in entry["paper"]) or "-"
+        print(f"{name}: {entry['reported']:.4g}   paper: {paper}")
+    print(f"results: {Path(args.out) / task.name / 'results.json'}")
+    return 0
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("task", nargs="?", help="the benchmark task (nextgpt eval --list)")
+    p.add_argument("--list", action="store_true", help="list the tasks, their data files and metrics")
+    _model_args(p)
+    p.add_argument("--data", help="the task's annotation file (see --list)")
+    p.add_argument("--media", default=None, help="the media folder (default: the annotation file's folder)")
+    p.add_argument("--answers", default=None, help="VQAv2 / OK-VQA: the annotation json with the answers")
+    p.add_argument("--split", default=None, help="Karpathy / MSR-VTT split (default: the task's, test)")
+    p.add_argument(
+        "--pattern", default=None, help="media file name pattern (VQA images, video QA, AudioCaps)"
+    )
+    p.add_argument(
+        "--out", default="results", help="results folder (default results/); one subfolder per task"
+    )
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
+    p.add_argument("--metrics", default=None, help="comma-separated metrics (default: the task's)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0, help="seed of sample i is seed + i (media tasks)")
+    p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: the decoder's config)")
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--num-frames", type=int, default=None)
+    p.add_argument("--audio-seconds", type=float, default=None)
+    p.add_argument("--restart", action="store_true", help="discard this task's earlier answers in --out")
+    for name, env, what in (
+        ("inception", "NEXTGPT_INCEPTION", "FID Inception TorchScript (inception-2015-12-05.pt)"),
+        ("clip", "NEXTGPT_CLIP", "CLIP folder (transformers format)"),
+        ("panns", "NEXTGPT_PANNS_CNN14", "PANNs Cnn14 16 kHz checkpoint"),
+        ("vggish", "NEXTGPT_VGGISH", "VGGish state dict"),
+    ):
+        p.add_argument(f"--{name}", default=None, help=f"{what}; default ${env}")
+
+
 # ---------------------------------------------------------------------------------------- the table
 
 
@@ -609,6 +706,9 @@ COMMANDS: dict[str, Command | Group] = {
                 cmd_data_demo, "build the small demo dataset from media shipped by packages", _data_demo_args
             ),
         },
+    ),
+    "eval": Command(
+        cmd_eval, "evaluate a model on a NExT-GPT benchmark (nextgpt eval --list; docs/EVAL.md)", _eval_args
     ),
     "cache": Command(
         cmd_cache, "precompute frozen features (encoder embeddings, caption targets)", _cache_args

@@ -28,3 +28,9 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint holds objects other than tensors and plain containers: loading it would need
     unpickling arbitrary code, so it is refused (a file nextgpt wrote never does; it may have been
     replaced)."""
+
+
+class ExtractorWeightsError(NextGPTError, FileNotFoundError):
+    """An evaluation feature extractor (Inception, CLIP, PANNs, VGGish) has no readable local
+    weights: the message names the file and the option or environment variable that sets it.
+    Evaluation never downloads weights."""

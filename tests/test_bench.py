@@ -337,3 +337,28 @@ def test_phase_timer_puts_back_a_module_function_and_uncovers_a_method():
     timer.restore()
     assert module.work is original  # deleting it (the old restore) broke every later caller
     assert "work" not in vars(thing) and thing.work() == 2
+
+
+def test_eval_throughput_smoke(bench, tmp_path):
+    out = tmp_path / "eval.json"
+    returned = bench("eval_throughput").main(
+        [
+            "--preset",
+            "tiny",
+            "--tasks",
+            "vizwiz",
+            "msrvtt-qa",
+            "--max-new-tokens",
+            "4",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "eval_throughput" and returned["results"] == data["results"]
+    assert [r["task"] for r in data["results"]] == ["vizwiz", "msrvtt-qa"]
+    for row in data["results"]:
+        positive_finite(row, ["samples", "samples_per_s", "generation_s"])
+        assert 0 < row["generation_share"] <= 1
