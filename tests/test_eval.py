@@ -87,13 +87,16 @@ def test_frechet_agrees_with_torchmetrics_fid_on_the_same_features():
     assert frechet_distance(a, b) == pytest.approx(float(metric.compute()), rel=1e-6)
 
 
-def test_frechet_low_rank_form_equals_sqrtm_and_is_exact_below_full_rank():
-    from nextgpt.eval.metrics.frechet import frechet_distance_low_rank
-
+def test_frechet_svd_form_equals_sqrtm_and_is_exact_below_full_rank():
     rng = np.random.default_rng(4)
     a, b = rng.normal(size=(300, 24)), rng.normal(0.5, 0.7, size=(200, 24)) @ rng.normal(size=(24, 24))
     full = frechet_distance_from_stats(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
-    assert frechet_distance_low_rank(a, b) == pytest.approx(full, rel=1e-9)  # both exact at full rank
+    assert frechet_distance(a, b) == pytest.approx(full, rel=1e-9)  # both exact at full rank (N > D: QR)
+    few_a, few_b = a[:10], b[:15]  # N < D: no QR
+    full = frechet_distance_from_stats(
+        few_a.mean(0), np.cov(few_a, rowvar=False), few_b.mean(0), np.cov(few_b, rowvar=False)
+    )
+    assert frechet_distance(few_a, few_b) == pytest.approx(full, rel=1e-6)
     # 6 samples of 2048-d features (singular covariances): a set against itself is exactly 0, a shift
     # by 1 in every dimension is exactly |1|^2 * 2048
     few = rng.normal(size=(6, 2048))
@@ -233,6 +236,37 @@ def test_inception_features_and_fid(data):
     assert visual.fid(imgs, shifted, inc) > 1e-3
 
 
+def test_features_read_images_lazily_one_batch_at_a_time(data):
+    inc = visual.InceptionFID.from_path(data["inception"])
+    pulled = []
+    original = inc.module
+
+    def module(x, return_features=True):
+        assert len(pulled) <= 8 * (len(calls) + 1)  # never more than the batch in flight
+        calls.append(x.shape[0])
+        return original(x, return_features=return_features)
+
+    calls: list[int] = []
+    inc.module = module
+
+    def images():
+        for i in range(20):
+            pulled.append(i)
+            yield np.full((16, 16, 3), i * 10, dtype=np.uint8)
+
+    assert inc.features(images(), batch_size=8).shape == (20, 64)
+    assert calls == [8, 8, 4]
+
+
+def test_mixed_rate_audio_is_resampled_to_16k():
+    from nextgpt.eval.runner import _one_rate
+
+    waves, rate = _one_rate([(np.zeros(16000, np.float32), 16000), (np.zeros(16000, np.float32), 16000)])
+    assert rate == 16000 and [len(w) for w in waves] == [16000, 16000]
+    waves, rate = _one_rate([(np.zeros(44100, np.float32), 44100), (np.zeros(32000, np.float32), 32000)])
+    assert rate == 16000 and [len(w) for w in waves] == [16000, 16000]
+
+
 def test_clip_score_and_clipsim_against_the_clip_forward(data):
     import torch
 
@@ -347,7 +381,9 @@ def test_caption_tasks_end_to_end(tiny_model, data, tmp_path, task, file_key, me
         saved["model"]["fingerprint"] == result["model"]["fingerprint"]
         and saved["versions"]["pycocoevalcap"] == "1.2"
     )
-    assert "NExT-GPT (paper)" in (task_dir / "results.md").read_text()
+    report = (task_dir / "results.md").read_text()
+    assert "NExT-GPT (paper)" in report and "pycocoevalcap CIDEr-D" in report
+    assert saved["metrics"][expected[0]]["definition"]
 
 
 @pytest.mark.parametrize(
@@ -527,3 +563,41 @@ def test_cli_lists_and_runs_a_task(data, tmp_path, capsys):
     assert json.loads((tmp_path / "r" / "vizwiz" / "results.json").read_text())["num_samples"] == 2
     assert main(["eval", "vizwiz", "--preset", "tiny", "--data", str(tmp_path / "none.json")]) == 2
     assert "--data file not found" in capsys.readouterr().err
+
+
+def test_a_sigkilled_cli_run_resumes_without_repeating_answers(data, tmp_path):
+    """``nextgpt eval`` in its own process, killed with SIGKILL once answers are on disk, then run
+    again: every sample answered exactly once, none lost."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    qa = [
+        {"question": f"what happens in clip {i}?", "answer": "yes", "video_id": 7010 + i % 4, "id": i}
+        for i in range(40)
+    ]
+    questions = tmp_path / "qa.json"
+    questions.write_text(json.dumps(qa))
+    out = tmp_path / "r"
+    cmd = [sys.executable, "-m", "nextgpt.cli", "eval", "msrvtt-qa", "--preset", "tiny", "--data", str(questions),
+           "--media", str(data["videos"]), "--out", str(out), "--batch-size", "1", "--max-new-tokens", "32"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = out / "msrvtt-qa" / "predictions.jsonl"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_bytes().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = len(read_answers(log))
+    assert 2 <= before < 40
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ids = [json.loads(line)["id"] for line in log.read_text().splitlines()]
+    assert sorted(ids, key=int) == [str(i) for i in range(40)]  # each once
+    assert json.loads((out / "msrvtt-qa" / "results.json").read_text())["num_samples"] == 40

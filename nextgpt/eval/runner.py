@@ -24,7 +24,7 @@ import platform
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ import numpy as np
 
 from nextgpt.errors import ExtractorWeightsError, InputError
 from nextgpt.eval.readers import Sample
-from nextgpt.eval.tasks import Task, get_task
+from nextgpt.eval.tasks import METRIC_NOTES, Task, get_task
 
 VERSIONED = (
     "nextgpt",
@@ -263,6 +263,7 @@ def generate_answers(
     if progress:
         progress(len(done), len(samples))
     modalities = ["text"] if task.kind != "generate" else [task.modality]
+    position = {s.id: i for i, s in enumerate(samples)}
     with open(log, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), options.batch_size):
             chunk = todo[start : start + options.batch_size]
@@ -270,7 +271,7 @@ def generate_answers(
             outs = model.generate_batch(
                 [_conversation(task, s) for s in chunk],
                 modalities=modalities,
-                seed=[options.seed + samples.index(s) for s in chunk],
+                seed=[options.seed + position[s.id] for s in chunk],
                 batch_size=options.batch_size,
                 **options.generate_kwargs(),
             )
@@ -337,45 +338,58 @@ def score(
         return {m: float(np.mean(values)) for m in metrics}
     from nextgpt.eval.metrics import visual
 
+    # media are read lazily, one batch at a time: 30K generated and 30K reference images never sit in
+    # memory together (audio clips are the exception: AudioLDM's IS and KL need them all, ~1.3 GB for
+    # AudioCaps test at 10 s)
     prompts = [s.references[0] for s in samples]
-    generated = [_load_generated(task, task_dir, answers[s.id]) for s in samples]
+
+    def generated() -> Iterator[Any]:
+        return (_load_generated(task, task_dir, answers[s.id]) for s in samples)
+
+    def reference() -> Iterator[Any]:
+        return (_reference_media(task, s) for s in samples)
+
     out: dict[str, float] = {}
     if task.modality == "image":
         if "fid" in metrics:
-            out["fid"] = visual.fid(
-                generated, [_reference_media(task, s) for s in samples], extractors["inception"]
-            )
+            out["fid"] = visual.fid(generated(), reference(), extractors["inception"])
         if "clip_score" in metrics:
-            out["clip_score"] = visual.clip_score(generated, prompts, extractors["clip"])
+            out["clip_score"] = visual.clip_score(generated(), prompts, extractors["clip"])
     elif task.modality == "video":
         if "clipsim" in metrics:
-            out["clipsim"] = visual.clipsim(generated, prompts, extractors["clip"])
+            out["clipsim"] = visual.clipsim(generated(), prompts, extractors["clip"])
         if "fid" in metrics:
             k = options.fid_frames_per_video
-            gen_frames = [f for v in generated for f in visual.sample_frames(v, k)]
-            ref_frames = [f for s in samples for f in visual.sample_frames(_reference_media(task, s), k)]
+            gen_frames = (f for v in generated() for f in visual.sample_frames(v, k))
+            ref_frames = (f for v in reference() for f in visual.sample_frames(v, k))
             out["fid"] = visual.fid(gen_frames, ref_frames, extractors["inception"])
     else:
         from nextgpt.eval.metrics.audio import text_to_audio_metrics
 
-        rates = {r for _, r in generated}
-        refs = [_reference_media(task, s) for s in samples]
-        ref_rates = {r for _, r in refs}
-        if len(rates) != 1 or len(ref_rates) != 1:
-            raise InputError(
-                f"audio of one set must share a sample rate: generated {rates}, reference {ref_rates}"
-            )
+        gen_waves, gen_rate = _one_rate(list(generated()))
+        ref_waves, ref_rate = _one_rate(list(reference()))
         values = text_to_audio_metrics(
-            [w for w, _ in generated],
-            rates.pop(),
-            [w for w, _ in refs],
-            ref_rates.pop(),
+            gen_waves,
+            gen_rate,
+            ref_waves,
+            ref_rate,
             panns=extractors["panns"],
             vggish=extractors.get("vggish"),
             is_splits=options.is_splits,
         )
         out.update({m: float(values[m]) for m in metrics})
     return {m: out[m] for m in metrics}
+
+
+def _one_rate(clips: list[tuple[np.ndarray, int]]) -> tuple[list[np.ndarray], int]:
+    """The clips at one sample rate: as they are when they share one (AudioLDM's path), else each
+    resampled to 16 kHz first (a set of mixed-rate reference files)."""
+    from nextgpt.eval.metrics.audio import SAMPLE_RATE, resample
+
+    rates = {r for _, r in clips}
+    if len(rates) == 1:
+        return [w for w, _ in clips], rates.pop()
+    return [resample(w, r, SAMPLE_RATE) for w, r in clips], SAMPLE_RATE
 
 
 def markdown_report(result: Mapping[str, Any]) -> str:
@@ -387,8 +401,8 @@ def markdown_report(result: Mapping[str, Any]) -> str:
         f"{result['num_samples']} samples; model `{result['model']['name']}` (fingerprint "
         f"`{result['model']['fingerprint'][:16]}`); {result['timing']['samples_per_s']:.3g} samples/s generation.",
         "",
-        "| metric | ours | NExT-GPT (paper) | table |",
-        "|---|---|---|---|",
+        "| metric | ours | NExT-GPT (paper) | table | how it is computed |",
+        "|---|---|---|---|---|",
     ]
     for m, entry in result["metrics"].items():
         arrow = " (lower is better)" if m in task.lower_is_better else ""
@@ -396,7 +410,9 @@ def markdown_report(result: Mapping[str, Any]) -> str:
         for p in papers:
             paper = f"{p.value:g}" if p else "-"
             table = f"{p.table}{': ' + p.note if p and p.note else ''}" if p else "-"
-            lines.append(f"| {m}{arrow} | {entry['reported']:.4g} | {paper} | {table} |")
+            lines.append(
+                f"| {m}{arrow} | {entry['reported']:.4g} | {paper} | {table} | {METRIC_NOTES.get(m, '')} |"
+            )
     lines += ["", "Values on the paper's printed scale (factor from the library value in results.json)."]
     if result.get("extractors"):
         lines += ["", "| extractor | file | sha256 |", "|---|---|---|"]
@@ -509,6 +525,7 @@ def run_task(
                 "reported": v * task.scale.get(m, 1.0),
                 "scale": task.scale.get(m, 1.0),
                 "paper": paper[m],
+                "definition": METRIC_NOTES[m],
             }
             for m, v in values.items()
         },

@@ -27,6 +27,30 @@ GENERATE_PROMPTS = {
 }
 
 
+#: How each metric is computed, one line each (the report prints it beside the numbers; docs/EVAL.md
+#: has the full definitions).
+METRIC_NOTES = {
+    "bleu1": "pycocoevalcap BLEU-1 (corpus, closest ref length) on PTB-tokenised text",
+    "bleu2": "pycocoevalcap BLEU-2 (corpus, closest ref length) on PTB-tokenised text",
+    "bleu3": "pycocoevalcap BLEU-3 (corpus, closest ref length) on PTB-tokenised text",
+    "bleu4": "pycocoevalcap BLEU-4 (corpus, closest ref length) on PTB-tokenised text",
+    "meteor": "pycocoevalcap METEOR 1.5 on PTB-tokenised text",
+    "cider": "pycocoevalcap CIDEr-D (n=1..4, sigma 6, idf from this set's references)",
+    "spice": "pycocoevalcap SPICE 1.0 (Stanford CoreNLP 3.6.0)",
+    "spider": "SPIDEr = (CIDEr-D + SPICE) / 2",
+    "vqa_accuracy": "official VQA accuracy: mean over 10 leave-one-out subsets of min(1, matches/3), "
+    "official answer normalisation",
+    "accuracy": "exact match of the normalised answer (VQA normalisation) with the reference",
+    "fid": "Frechet distance of TF-Inception (inception-2015-12-05) pool features, PIL-bicubic 299 px",
+    "clip_score": "torchmetrics CLIPScore: max(100 * mean cosine(image, caption), 0)",
+    "clipsim": "mean over videos of the mean raw frame-caption CLIP cosine (printed x100)",
+    "fd": "AudioLDM FD: Frechet distance of PANNs Cnn14 (16 kHz) 2048-d embeddings",
+    "is": "AudioLDM IS: inception score of PANNs Cnn14 softmax class outputs, 10 splits",
+    "kl": "AudioLDM KL (softmax): paired KL(p_ref || p_gen) of PANNs class outputs, mean over clips",
+    "fad": "FAD: Frechet distance of VGGish 128-d frame embeddings (no PCA, no last ReLU)",
+}
+
+
 @dataclass(frozen=True)
 class PaperNumber:
     """One number NExT-GPT reports: ``value`` on the paper's printed scale, in ``table``."""

@@ -5,12 +5,16 @@ FD on PANNs embeddings and FAD on VGGish embeddings are all this distance. The m
 is scipy's ``sqrtm`` in float64, as pytorch-fid and the AudioLDM evaluation compute it (with the same
 small diagonal offset when the product is singular).
 
-With fewer samples than feature dimensions (a small evaluation set of 2048-d features) both
-covariances are singular, and ``sqrtm`` of their product is slow and inexact (it reported 2.6 for a
-set of 4 clips against itself). :func:`frechet_distance` then uses the exact identity
-``Tr (S_a S_b)^(1/2) = sum of the singular values of A B^T``, ``S_a = A^T A``, ``S_b = B^T B`` with
-``A``, ``B`` the centred features over ``sqrt(N - 1)``: an ``N_a x N_b`` SVD instead of a ``D x D``
-square root. The two agree where both are exact (a test checks it).
+:func:`frechet_distance` (features in) does not take that square root. With ``A``, ``B`` the
+centred features over ``sqrt(N - 1)`` (so ``S_a = A^T A``, ``S_b = B^T B``), the nonzero eigenvalues
+of ``S_a S_b`` are the squared singular values of ``A B^T``, hence ``Tr (S_a S_b)^(1/2) = sum of the
+singular values of A B^T`` exactly; when a set has more samples than dimensions, ``A`` is first
+replaced by the ``D x D`` factor ``R`` of its QR decomposition (same singular values). This is
+exact where ``sqrtm`` is not: with fewer samples than dimensions (a small evaluation set of 2048-d
+features) both covariances are singular, and ``sqrtm`` reported 2.6 for 4 clips against themselves;
+it is also faster (3,000 x 2048 features per set: 3.0 s against 13.6 s for the covariances and `sqrtm` here). The two forms agree at full
+rank (a test checks it); :func:`frechet_distance_from_stats` keeps the ``sqrtm`` form for
+precomputed statistics.
 """
 
 from __future__ import annotations
@@ -20,13 +24,18 @@ import numpy as np
 from nextgpt.errors import InputError
 
 
-def gaussian_stats(features: np.ndarray, what: str = "features") -> tuple[np.ndarray, np.ndarray]:
-    """The mean ``[D]`` and unbiased covariance ``[D, D]`` (float64) of ``features [N, D]``, N >= 2."""
+def _checked(features: np.ndarray, what: str) -> np.ndarray:
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
         raise InputError(f"{what}: need an [N, D] array with N >= 2 samples, got shape {x.shape}")
     if not np.isfinite(x).all():
         raise InputError(f"{what}: features hold NaN or inf")
+    return x
+
+
+def gaussian_stats(features: np.ndarray, what: str = "features") -> tuple[np.ndarray, np.ndarray]:
+    """The mean ``[D]`` and unbiased covariance ``[D, D]`` (float64) of ``features [N, D]``, N >= 2."""
+    x = _checked(features, what)
     return x.mean(axis=0), np.cov(x, rowvar=False)
 
 
@@ -50,26 +59,21 @@ def frechet_distance_from_stats(
     return float(diff.dot(diff) + np.trace(sigma_a) + np.trace(sigma_b) - 2.0 * np.trace(covmean))
 
 
-def frechet_distance_low_rank(features_a: np.ndarray, features_b: np.ndarray) -> float:
-    """The squared Frechet distance through the ``N_a x N_b`` SVD (exact for any N; fast for N < D)."""
-    mu_a, _ = gaussian_stats(features_a, "first feature set")
-    mu_b, _ = gaussian_stats(features_b, "second feature set")
-    a = np.asarray(features_a, dtype=np.float64)
-    b = np.asarray(features_b, dtype=np.float64)
-    if a.shape[1] != b.shape[1]:
-        raise InputError(f"feature sizes differ: {a.shape[1]} vs {b.shape[1]}")
-    a = (a - mu_a) / np.sqrt(a.shape[0] - 1)
-    b = (b - mu_b) / np.sqrt(b.shape[0] - 1)
-    trace_sqrt = float(np.linalg.svd(a @ b.T, compute_uv=False).sum())
-    diff = mu_a - mu_b
-    return float(diff.dot(diff) + (a * a).sum() + (b * b).sum() - 2.0 * trace_sqrt)
+def _factor(x: np.ndarray) -> np.ndarray:
+    """``x`` [N, D], or the [D, D] ``R`` of its QR decomposition when N > D (``x^T x = R^T R``)."""
+    return np.linalg.qr(x, mode="r") if x.shape[0] > x.shape[1] else x
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """The squared Frechet distance between the Gaussians fitted to two ``[N, D]`` feature sets
-    (the SVD form when either set has fewer samples than dimensions, else scipy's ``sqrtm``)."""
-    mu_a, sigma_a = gaussian_stats(features_a, "first feature set")
-    mu_b, sigma_b = gaussian_stats(features_b, "second feature set")
-    if max(len(features_a), len(features_b)) < mu_a.shape[0]:
-        return frechet_distance_low_rank(features_a, features_b)
-    return frechet_distance_from_stats(mu_a, sigma_a, mu_b, sigma_b)
+    (through the singular values of ``A B^T``; see the module docstring)."""
+    a = _checked(features_a, "first feature set")
+    b = _checked(features_b, "second feature set")
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    if a.shape[1] != b.shape[1]:
+        raise InputError(f"feature sizes differ: {a.shape[1]} vs {b.shape[1]}")
+    a = _factor((a - mu_a) / np.sqrt(a.shape[0] - 1))
+    b = _factor((b - mu_b) / np.sqrt(b.shape[0] - 1))
+    trace_sqrt = float(np.linalg.svd(a @ b.T, compute_uv=False).sum())
+    diff = mu_a - mu_b
+    return float(diff.dot(diff) + (a * a).sum() + (b * b).sum() - 2.0 * trace_sqrt)

@@ -18,8 +18,9 @@ Extractors load only from local paths (:class:`~nextgpt.errors.ExtractorWeightsE
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,12 @@ def _as_uint8_rgb(image: Any, what: str) -> np.ndarray:
     return arr
 
 
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
 def resize_clean(image: Any, size: int = INCEPTION_SIZE) -> np.ndarray:
     """``image`` as uint8 ``[size, size, 3]``, resized with PIL bicubic (clean-fid's "clean" mode)."""
     from PIL import Image
@@ -107,24 +114,25 @@ class InceptionFID:
             ) from None
         return cls(module, p, device)
 
-    def features(self, images: Sequence[Any], batch_size: int = 32) -> np.ndarray:
-        """The ``[N, 2048]`` float64 features of ``images`` (PIL or uint8 ``[H, W, 3]``)."""
+    def features(self, images: Iterable[Any], batch_size: int = 32) -> np.ndarray:
+        """The ``[N, 2048]`` float64 features of ``images`` (PIL or uint8 ``[H, W, 3]``), read from
+        the iterable ``batch_size`` at a time (only one batch of images is held)."""
         import torch
 
-        if len(images) == 0:
-            raise InputError("no images to extract features from")
         out = []
-        for i in range(0, len(images), batch_size):
-            batch = np.stack([resize_clean(im) for im in images[i : i + batch_size]])
+        for chunk in _chunks(images, batch_size):
+            batch = np.stack([resize_clean(im) for im in chunk])
             x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(self.device)
             with torch.no_grad():
                 f = self.module(x, return_features=True)
             out.append(f.reshape(f.shape[0], -1).double().cpu().numpy())
+        if not out:
+            raise InputError("no images to extract features from")
         return np.concatenate(out)
 
 
-def fid(generated: Sequence[Any], reference: Sequence[Any], inception: InceptionFID) -> float:
-    """FID between two image sets (each >= 2 images) with ``inception``'s features."""
+def fid(generated: Iterable[Any], reference: Iterable[Any], inception: InceptionFID) -> float:
+    """FID between two image sets (each >= 2 images, read lazily) with ``inception``'s features."""
     from nextgpt.eval.metrics.frechet import frechet_distance
 
     return frechet_distance(inception.features(generated), inception.features(reference))
@@ -240,45 +248,59 @@ class _TensorFeatures:
         return getattr(self.model, name)
 
 
-def clip_score(images: Sequence[Any], captions: Sequence[str], clip: CLIPEmbedder) -> float:
-    """The CLIP score (torchmetrics' ``CLIPScore``) of paired images and captions: ``max(100 * mean cosine, 0)``."""
+def clip_score(images: Iterable[Any], captions: Sequence[str], clip: CLIPEmbedder) -> float:
+    """The CLIP score (torchmetrics' ``CLIPScore``) of paired images and captions: ``max(100 * mean cosine, 0)``.
+
+    ``images`` is read lazily, 32 at a time.
+    """
     import torch
     from torchmetrics.multimodal.clip_score import CLIPScore
 
-    if len(images) != len(captions) or not images:
-        raise InputError(
-            f"clip_score needs as many images as captions (>= 1), got {len(images)} and {len(captions)}"
-        )
     metric = CLIPScore(model_name_or_path=lambda: (_TensorFeatures(clip.model), clip.processor))
-    for i in range(0, len(images), 32):
-        batch = [
-            torch.from_numpy(np.array(_as_uint8_rgb(im, "image"))).permute(2, 0, 1)
-            for im in images[i : i + 32]
-        ]
-        metric.update(batch, list(captions[i : i + 32]))
+    seen = 0
+    for chunk in _chunks(images, 32):
+        if seen + len(chunk) > len(captions):
+            raise InputError(
+                f"clip_score needs as many images as captions, got more than {len(captions)} images"
+            )
+        batch = [torch.from_numpy(np.array(_as_uint8_rgb(im, "image"))).permute(2, 0, 1) for im in chunk]
+        metric.update(batch, list(captions[seen : seen + len(chunk)]))
+        seen += len(chunk)
+    if seen != len(captions) or seen == 0:
+        raise InputError(
+            f"clip_score needs as many images as captions (>= 1), got {seen} and {len(captions)}"
+        )
     return float(metric.compute())
 
 
-def clipsim(videos: Sequence[np.ndarray], captions: Sequence[str], clip: CLIPEmbedder) -> float:
+def clipsim(videos: Iterable[np.ndarray], captions: Sequence[str], clip: CLIPEmbedder) -> float:
     """CLIPSIM: mean over videos of the mean raw cosine of each frame with the video's caption.
 
     Args:
-        videos: uint8 ``[T, H, W, 3]`` frames per video.
+        videos: uint8 ``[T, H, W, 3]`` frames per video, read one video at a time.
         captions: one caption per video.
         clip: the CLIP model.
     """
-    if len(videos) != len(captions) or not videos:
+    per_video: list[float] = []
+    for chunk in _chunks(videos, 64):
+        start = len(per_video)
+        if start + len(chunk) > len(captions):
+            raise InputError(
+                f"clipsim needs as many videos as captions, got more than {len(captions)} videos"
+            )
+        texts = clip.text_embeddings(captions[start : start + len(chunk)])
+        for v, t in zip(chunk, texts):
+            frames = np.asarray(v)
+            if frames.ndim != 4 or frames.shape[0] == 0:
+                raise InputError(
+                    f"clipsim: a video must be uint8 [T, H, W, 3] with T >= 1, got {frames.shape}"
+                )
+            emb = clip.image_embeddings(list(frames))
+            per_video.append(float((emb @ t).mean()))
+    if len(per_video) != len(captions) or not per_video:
         raise InputError(
-            f"clipsim needs as many videos as captions (>= 1), got {len(videos)} and {len(captions)}"
+            f"clipsim needs as many videos as captions (>= 1), got {len(per_video)} and {len(captions)}"
         )
-    texts = clip.text_embeddings(captions)
-    per_video = []
-    for v, t in zip(videos, texts):
-        frames = np.asarray(v)
-        if frames.ndim != 4 or frames.shape[0] == 0:
-            raise InputError(f"clipsim: a video must be uint8 [T, H, W, 3] with T >= 1, got {frames.shape}")
-        emb = clip.image_embeddings(list(frames))
-        per_video.append(float((emb @ t).mean()))
     return float(np.mean(per_video))
 
 
