@@ -572,7 +572,7 @@ def cmd_eval(args) -> int:
             print(f"{task.name:<18} {task.benchmark}; metrics {', '.join(task.metrics)}")
             print(f"{'':<18} {task.data_help}")
         return 0
-    from nextgpt.eval.runner import EvalOptions, ExtractorPaths, run_task
+    from nextgpt.eval.runner import EvalOptions, ExtractorPaths, prepare, run_task
 
     task = get_task(args.task)
     if not args.data:
@@ -593,11 +593,21 @@ def cmd_eval(args) -> int:
     extractors = ExtractorPaths(
         inception=args.inception, clip=args.clip, panns=args.panns, vggish=args.vggish
     )
+    where = {"media": args.media, "answers": args.answers, "split": args.split, "pattern": args.pattern}
+    metrics = args.metrics.split(",") if args.metrics else None
+    # data, media, Java and extractor weights are checked before the (possibly minutes-long) model load
+    prepare(
+        task.name,
+        args.data,
+        **where,
+        limit=args.limit,
+        metrics=metrics,
+        options=options,
+        extractors=extractors,
+    )
     model = _load_model(args)
-    total = [0]
 
     def progress(done: int, n: int) -> None:
-        total[0] = n
         print(f"\r{task.name}: {done}/{n} answered", end="", file=sys.stderr, flush=True)
 
     result = run_task(
@@ -606,12 +616,9 @@ def cmd_eval(args) -> int:
         args.data,
         args.out,
         model_name=args.model or f"preset:{args.preset}",
-        media=args.media,
-        answers=args.answers,
-        split=args.split,
-        pattern=args.pattern,
+        **where,
         limit=args.limit,
-        metrics=args.metrics.split(",") if args.metrics else None,
+        metrics=metrics,
         options=options,
         extractors=extractors,
         restart=args.restart,

@@ -601,3 +601,54 @@ def test_a_sigkilled_cli_run_resumes_without_repeating_answers(data, tmp_path):
     ids = [json.loads(line)["id"] for line in log.read_text().splitlines()]
     assert sorted(ids, key=int) == [str(i) for i in range(40)]  # each once
     assert json.loads((out / "msrvtt-qa" / "results.json").read_text())["num_samples"] == 40
+
+
+def test_cli_checks_weights_and_java_before_loading_the_model(data, monkeypatch, capsys):
+    import nextgpt.cli as cli
+
+    monkeypatch.delenv("NEXTGPT_INCEPTION", raising=False)
+    monkeypatch.setattr(cli, "_load_model", lambda args: pytest.fail("the model was loaded"))
+    args = [
+        "eval",
+        "coco-t2i",
+        "--preset",
+        "tiny",
+        "--data",
+        str(data["coco"]),
+        "--media",
+        str(data["images"]),
+    ]
+    assert cli.main([*args, "--metrics", "fid"]) == 2
+    assert "NEXTGPT_INCEPTION" in capsys.readouterr().err
+    monkeypatch.setattr("shutil.which", lambda name: None)  # no java on PATH
+    args = [
+        "eval",
+        "nocaps-caption",
+        "--preset",
+        "tiny",
+        "--data",
+        str(data["coco"]),
+        "--media",
+        str(data["images"]),
+    ]
+    assert cli.main(args) == 2
+    assert "need Java" in capsys.readouterr().err
+
+
+def test_a_run_resumes_with_another_batch_size(tiny_model, data, tmp_path, monkeypatch):
+    args = ("msrvtt-qa", data["msrvtt_qa"], data["videos"])
+    real = tiny_model.generate_batch
+    calls: list[int] = []
+
+    def dies_after_one_batch(convs, **kw):
+        calls.append(len(convs))
+        if len(calls) == 2:
+            raise MemoryError  # as an out-of-memory batch would
+        return real(convs, **kw)
+
+    monkeypatch.setattr(tiny_model, "generate_batch", dies_after_one_batch)
+    with pytest.raises(MemoryError):
+        _run(tiny_model, tmp_path, *args, options=EvalOptions(batch_size=2, max_new_tokens=8))
+    monkeypatch.setattr(tiny_model, "generate_batch", real)
+    r = _run(tiny_model, tmp_path, *args, options=EvalOptions(batch_size=1, max_new_tokens=8))
+    assert r["num_samples"] == 4 and r["config"]["batch_size"] == 1

@@ -421,6 +421,56 @@ def markdown_report(result: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def prepare(
+    task_name: str,
+    data: str | os.PathLike,
+    *,
+    media: str | os.PathLike | None = None,
+    answers: str | os.PathLike | None = None,
+    split: str | None = None,
+    pattern: str | None = None,
+    limit: int | None = None,
+    metrics: Sequence[str] | None = None,
+    options: EvalOptions | None = None,
+    extractors: ExtractorPaths | None = None,
+) -> tuple[Task, list[Sample], tuple[str, ...], dict[str, Any]]:
+    """Everything :func:`run_task` checks before it needs the model: the task, its samples (data and
+    media files read and checked), the metrics, Java for caption metrics, and the extractors (loaded
+    into ``extractors.loaded``). The command line calls it before a possibly minutes-long model load.
+
+    Returns:
+        ``(task, samples, metrics, loaded extractors)``.
+    """
+    task = get_task(task_name)
+    options = options or EvalOptions()
+    extractors = extractors if extractors is not None else ExtractorPaths()
+    chosen = _check_metrics(task, metrics)
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise InputError(f"limit must be a positive int, got {limit!r}")
+    if not 1 <= options.batch_size <= 256:
+        raise InputError(f"batch_size must be in [1, 256], got {options.batch_size}")
+    samples = task.read(data, media, answers=answers, split=split, pattern=pattern)
+    if limit is not None:
+        samples = samples[:limit]
+    if task.kind == "generate" and len(samples) < 2 and {"fid", "fd", "fad", "is"} & set(chosen):
+        raise InputError(
+            f"task {task.name}: distribution metrics need at least 2 samples, got {len(samples)}"
+        )
+    audio_is = task.modality == "audio" and task.kind == "generate" and "is" in chosen
+    if audio_is and len(samples) < options.is_splits:
+        raise InputError(
+            f"the inception score needs at least is_splits={options.is_splits} clips, got {len(samples)} "
+            "(AudioLDM uses 10 splits; set is_splits lower for a small set)"
+        )
+    if task.kind == "caption":
+        from nextgpt.eval.metrics.captioning import _spice_ready, java_version
+
+        java_version()
+        if {"spice", "spider"} & set(chosen):
+            _spice_ready()
+    return task, samples, chosen, load_extractors(task, chosen, extractors)
+
+
 def run_task(
     task_name: str,
     model: Any,
@@ -445,38 +495,19 @@ def run_task(
         InputError: bad data files, options, or a resumed run that does not match ``run.json``.
         ExtractorWeightsError: a metric's extractor has no local weights (raised before generation).
     """
-    task = get_task(task_name)
+    task, samples, chosen, loaded = prepare(
+        task_name,
+        data,
+        media=media,
+        answers=answers,
+        split=split,
+        pattern=pattern,
+        limit=limit,
+        metrics=metrics,
+        options=options,
+        extractors=extractors,
+    )
     options = options or EvalOptions()
-    extractors = extractors or ExtractorPaths()
-    chosen = _check_metrics(task, metrics)
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise InputError(f"limit must be a positive int, got {limit!r}")
-    if not 1 <= options.batch_size <= 256:
-        raise InputError(f"batch_size must be in [1, 256], got {options.batch_size}")
-    samples = task.read(data, media, answers=answers, split=split, pattern=pattern)
-    if limit is not None:
-        samples = samples[:limit]
-    if task.kind == "generate" and len(samples) < 2 and {"fid", "fd", "fad", "is"} & set(chosen):
-        raise InputError(
-            f"task {task.name}: distribution metrics need at least 2 samples, got {len(samples)}"
-        )
-    if (
-        task.modality == "audio"
-        and task.kind == "generate"
-        and "is" in chosen
-        and len(samples) < options.is_splits
-    ):
-        raise InputError(
-            f"the inception score needs at least is_splits={options.is_splits} clips, got {len(samples)} "
-            "(AudioLDM uses 10 splits; set is_splits lower for a small set)"
-        )
-    if task.kind == "caption":
-        from nextgpt.eval.metrics.captioning import _spice_ready, java_version
-
-        java_version()
-        if {"spice", "spider"} & set(chosen):
-            _spice_ready()
-    loaded = load_extractors(task, chosen, extractors)
     task_dir = Path(out) / task.name
     task_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = model_fingerprint(model)
@@ -489,7 +520,9 @@ def run_task(
             "split": split,
             "pattern": pattern,
             "model_fingerprint": fingerprint,
-            "options": options.__dict__,
+            # the batch size is left out: answers do not depend on it (batched rows equal lone calls),
+            # and a run that ran out of memory resumes with a smaller one
+            "options": {k: v for k, v in options.__dict__.items() if k != "batch_size"},
         },
     )
     run_file = task_dir / "run.json"
@@ -537,7 +570,7 @@ def run_task(
             if gen_seconds + metric_seconds
             else 0.0,
         },
-        "config": run,
+        "config": {**run, "batch_size": options.batch_size},
         "model": {"name": model_name, "fingerprint": fingerprint},
         "versions": versions(),
         "extractors": extractor_info,
