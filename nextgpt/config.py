@@ -352,6 +352,39 @@ class LoRAConfig(Node):
 
 
 @dataclass(kw_only=True)
+class LoRAMoEConfig(Node):
+    """LoRA Mixture-of-Experts in the FFN linears of chosen layers (LLMBind section 3.2;
+    :mod:`nextgpt.moe`): ``o = W0 x + (alpha / r) sum_i w_i B_i A_i x``, ``w`` the top-k of
+    ``softmax(x Wg)`` renormalised. LLMBind: rank 8, 4 experts, top-2, in 16 of the 32 layers (which
+    16 is not stated). ``aux_alpha`` is the coefficient of the balance loss ``alpha N sum f_i P_i``
+    (the paper gives none: the Switch Transformer's 0.01), ``aux_weight`` its weight in the total loss.
+    The experts and router are LoRA weights: they train whenever the stage trains LoRA."""
+
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    experts: int = 4
+    top_k: int = 2
+    #: decoder layer indices that get the experts (required when enabled)
+    layers: list[int] = field(default_factory=list)
+    target_modules: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
+    aux_alpha: float = 0.01
+    aux_weight: float = 1.0
+
+    def _validate(self) -> None:
+        positive(self, "r", "alpha", "experts", "top_k")
+        check(
+            self.top_k <= self.experts, "top_k", f"must be at most experts ({self.experts}), got {self.top_k}"
+        )
+        check(not self.enabled or len(self.layers) > 0, "layers", "must name at least one layer when enabled")
+        check(all(i >= 0 for i in self.layers), "layers", f"must be layer indices >= 0, got {self.layers}")
+        check(len(set(self.layers)) == len(self.layers), "layers", f"has duplicates: {self.layers}")
+        check(len(self.target_modules) > 0, "target_modules", "must name at least one module")
+        check(self.aux_alpha >= 0, "aux_alpha", f"must be >= 0, got {self.aux_alpha}")
+        check(self.aux_weight >= 0, "aux_weight", f"must be >= 0, got {self.aux_weight}")
+
+
+@dataclass(kw_only=True)
 class LLMConfig(Node):
     """A causal LM from transformers (Hugging Face folder, or GGUF inside ``path``).
 
@@ -386,6 +419,8 @@ class LLMConfig(Node):
     #: Legacy: media tokens wrapped in ``<Img>..</Img>`` (for audio and video too).
     media_wrappers: bool = False
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    #: LoRA Mixture-of-Experts in FFN linears (LLMBind); off unless enabled
+    moe: LoRAMoEConfig = field(default_factory=LoRAMoEConfig)
     gradient_checkpointing: bool = False
     #: The attention kernels transformers runs: ``sdpa`` (torch's; a packed batch gets a
     #: block-diagonal mask), ``eager``, ``flash_attention_2`` (CUDA + the ``flash-attn`` package; a

@@ -353,6 +353,16 @@ class LanguageModel(nn.Module):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + 2)
                 model = get_peft_model(model, lora)
+        if cfg.moe.enabled:
+            from nextgpt.moe import add_lora_moe
+
+            causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+            if any(i >= len(_decoder_layers(causal)) for i in cfg.moe.layers):
+                raise ConfigError(
+                    f"model.llm.moe.layers: {cfg.moe.layers} holds a layer index past the LLM's "
+                    f"{len(_decoder_layers(causal))} layers"
+                )
+            add_lora_moe(_decoder_layers(causal), cfg.moe, seed=seed)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
@@ -534,6 +544,12 @@ class LanguageModel(nn.Module):
         )
 
     # ---------------------------------------------------------------- state
+
+    def moe_aux_loss(self) -> torch.Tensor | None:
+        """The LoRA-MoE balance loss of the last forward, summed over MoE layers (``None``: no MoE)."""
+        from nextgpt.moe import moe_aux_loss
+
+        return moe_aux_loss(self.model)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What training can change here (:meth:`trainable_parameters`): added rows, LoRA weights, and

@@ -329,6 +329,10 @@ class NextGPT(GenerationMixin, nn.Module):
         lm_loss = ce_sum / target.sum().clamp(min=1)  # mean over labelled tokens; 0 if none
         losses: dict[str, torch.Tensor] = {"lm_loss": lm_loss}
         total = lm_weight * lm_loss
+        moe_aux = self.llm.moe_aux_loss()
+        if moe_aux is not None:  # LoRA-MoE load balancing (LLMBind eq. 10), per its config weight
+            losses["moe_aux_loss"] = moe_aux
+            total = total + self.config.model.llm.moe.aux_weight * moe_aux
         if input_idle is not None:
             total = total + input_idle
         if targets is not None:
