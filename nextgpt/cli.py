@@ -608,7 +608,8 @@ def cmd_eval(args) -> int:
     model = _load_model(args)
 
     def progress(done: int, n: int) -> None:
-        print(f"\r{task.name}: {done}/{n} answered", end="", file=sys.stderr, flush=True)
+        end = "\n" if done == n else ""  # the metrics' own output starts on a new line
+        print(f"\r{task.name}: {done}/{n} answered", end=end, file=sys.stderr, flush=True)
 
     result = run_task(
         task.name,
@@ -624,7 +625,6 @@ def cmd_eval(args) -> int:
         restart=args.restart,
         progress=progress,
     )
-    print(file=sys.stderr)
     for name, entry in result["metrics"].items():
         paper = ", ".join(f"{p['value']:g} ({p['table']})" for p in entry["paper"]) or "-"
         print(f"{name}: {entry['reported']:.4g}   paper: {paper}")

@@ -384,6 +384,7 @@ def test_caption_tasks_end_to_end(tiny_model, data, tmp_path, task, file_key, me
     report = (task_dir / "results.md").read_text()
     assert "NExT-GPT (paper)" in report and "pycocoevalcap CIDEr-D" in report
     assert saved["metrics"][expected[0]]["definition"]
+    assert saved["tools"]["java"].startswith(("openjdk", "java"))
 
 
 @pytest.mark.parametrize(

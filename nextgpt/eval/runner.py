@@ -414,6 +414,8 @@ def markdown_report(result: Mapping[str, Any]) -> str:
                 f"| {m}{arrow} | {entry['reported']:.4g} | {paper} | {table} | {METRIC_NOTES.get(m, '')} |"
             )
     lines += ["", "Values on the paper's printed scale (factor from the library value in results.json)."]
+    for name, version in result.get("tools", {}).items():
+        lines += ["", f"{name}: `{version}`"]
     if result.get("extractors"):
         lines += ["", "| extractor | file | sha256 |", "|---|---|---|"]
         for name, e in result["extractors"].items():
@@ -544,10 +546,11 @@ def run_task(
     metric_seconds = time.perf_counter() - t0
     paper = {m: [p.__dict__ for p in task.paper if p.metric == m] for m in chosen}
     extractor_info = {k: {"path": str(v.path), "sha256": v.sha256} for k, v in loaded.items()}
+    tools = {}
     if task.kind == "caption":
         from nextgpt.eval.metrics.captioning import java_version
 
-        extractor_info["java"] = {"path": "java", "sha256": java_version()}
+        tools["java"] = java_version()
     result = {
         "task": task.name,
         "benchmark": task.benchmark,
@@ -574,6 +577,7 @@ def run_task(
         "model": {"name": model_name, "fingerprint": fingerprint},
         "versions": versions(),
         "extractors": extractor_info,
+        "tools": tools,
     }
     (task_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (task_dir / "results.md").write_text(markdown_report(result))
