@@ -591,7 +591,7 @@ def cmd_eval(args) -> int:
         num_frames=args.num_frames,
     )
     extractors = ExtractorPaths(
-        inception=args.inception, clip=args.clip, panns=args.panns, vggish=args.vggish
+        inception=args.inception, clip=args.clip, panns=args.panns, vggish=args.vggish, device=args.device
     )
     where = {"media": args.media, "answers": args.answers, "split": args.split, "pattern": args.pattern}
     metrics = args.metrics.split(",") if args.metrics else None

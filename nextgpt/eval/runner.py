@@ -77,12 +77,14 @@ class EvalOptions:
 
 @dataclass
 class ExtractorPaths:
-    """Local weights of the feature extractors (``None``: the environment variable, else an error)."""
+    """Local weights of the feature extractors (``None``: the environment variable, else an error),
+    and the device they run on."""
 
     inception: str | None = None
     clip: str | None = None
     panns: str | None = None
     vggish: str | None = None
+    device: str = "cpu"
     loaded: dict[str, Any] = field(default_factory=dict)
 
 
@@ -158,12 +160,11 @@ def _needed_extractors(task: Task, metrics: Sequence[str]) -> list[str]:
     return need
 
 
-def load_extractors(
-    task: Task, metrics: Sequence[str], paths: ExtractorPaths, device: str = "cpu"
-) -> dict[str, Any]:
+def load_extractors(task: Task, metrics: Sequence[str], paths: ExtractorPaths) -> dict[str, Any]:
     """Load the extractors ``metrics`` need, before any generation: missing weights fail fast."""
     from nextgpt.eval.metrics import visual
 
+    device = paths.device
     for name in _needed_extractors(task, metrics):
         if name in paths.loaded:
             continue
@@ -497,6 +498,8 @@ def run_task(
         InputError: bad data files, options, or a resumed run that does not match ``run.json``.
         ExtractorWeightsError: a metric's extractor has no local weights (raised before generation).
     """
+    if extractors is None:  # the extractors run where the model does
+        extractors = ExtractorPaths(device=str(getattr(model, "device", "cpu")))
     task, samples, chosen, loaded = prepare(
         task_name,
         data,
