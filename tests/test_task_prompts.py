@@ -60,7 +60,10 @@ def test_pipeline_loads_once_and_renders_seeded_prompts(tmp_path):
     assert pipe.loads == 1 and len(first) == 2 and first[0].size == (32, 32)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, again))  # seeded
     lone = pipe.render(["a blue bird"], seed=4, **kw)[0]  # prompt i uses seed + i
-    assert np.array_equal(np.asarray(lone), np.asarray(first[1]))
+    # a batch of one and a batch of two differ only by float rounding (batch-shaped CPU kernels)
+    assert np.abs(np.asarray(lone, dtype=int) - np.asarray(first[1], dtype=int)).max() <= 2
+    other = pipe.render(["a blue bird"], seed=5, **kw)[0]
+    assert np.abs(np.asarray(other, dtype=int) - np.asarray(first[1], dtype=int)).max() > 2
 
 
 def test_swapping_the_pipeline_is_a_path_change(tmp_path):
