@@ -486,6 +486,11 @@ def test_missing_data_files_are_clear_errors(tiny_model, data, tmp_path):
         _run(tiny_model, tmp_path, "vqav2", data["vqa_questions"], data["images"], metrics=["cider"])
 
 
+def _eval_argv(task: str, data_file, media, *extra: str) -> list[str]:
+    """``nextgpt eval TASK`` arguments on the tiny preset."""
+    return ["eval", task, "--preset", "tiny", "--data", str(data_file), "--media", str(media), *extra]
+
+
 class _Killed(Exception):
     pass
 
@@ -541,22 +546,17 @@ def test_cli_lists_and_runs_a_task(data, tmp_path, capsys):
     listed = capsys.readouterr().out
     assert all(name in listed for name in TASKS)
     code = main(
-        [
-            "eval",
+        _eval_argv(
             "vizwiz",
-            "--preset",
-            "tiny",
-            "--data",
-            str(data["vizwiz"]),
-            "--media",
-            str(data["images"]),
+            data["vizwiz"],
+            data["images"],
             "--out",
             str(tmp_path / "r"),
             "--max-new-tokens",
             "4",
             "--limit",
             "2",
-        ]  # fmt: skip
+        )
     )
     assert code == 0
     out = capsys.readouterr().out
@@ -582,8 +582,8 @@ def test_a_sigkilled_cli_run_resumes_without_repeating_answers(data, tmp_path):
     questions = tmp_path / "qa.json"
     questions.write_text(json.dumps(qa))
     out = tmp_path / "r"
-    cmd = [sys.executable, "-m", "nextgpt.cli", "eval", "msrvtt-qa", "--preset", "tiny", "--data", str(questions),
-           "--media", str(data["videos"]), "--out", str(out), "--batch-size", "1", "--max-new-tokens", "32"]  # fmt: skip
+    extra = ("--out", str(out), "--batch-size", "1", "--max-new-tokens", "32")
+    cmd = [sys.executable, "-m", "nextgpt.cli", *_eval_argv("msrvtt-qa", questions, data["videos"], *extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     log = out / "msrvtt-qa" / "predictions.jsonl"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -609,29 +609,11 @@ def test_cli_checks_weights_and_java_before_loading_the_model(data, monkeypatch,
 
     monkeypatch.delenv("NEXTGPT_INCEPTION", raising=False)
     monkeypatch.setattr(cli, "_load_model", lambda args: pytest.fail("the model was loaded"))
-    args = [
-        "eval",
-        "coco-t2i",
-        "--preset",
-        "tiny",
-        "--data",
-        str(data["coco"]),
-        "--media",
-        str(data["images"]),
-    ]
+    args = _eval_argv("coco-t2i", data["coco"], data["images"])
     assert cli.main([*args, "--metrics", "fid"]) == 2
     assert "NEXTGPT_INCEPTION" in capsys.readouterr().err
     monkeypatch.setattr("shutil.which", lambda name: None)  # no java on PATH
-    args = [
-        "eval",
-        "nocaps-caption",
-        "--preset",
-        "tiny",
-        "--data",
-        str(data["coco"]),
-        "--media",
-        str(data["images"]),
-    ]
+    args = _eval_argv("nocaps-caption", data["coco"], data["images"])
     assert cli.main(args) == 2
     assert "need Java" in capsys.readouterr().err
 
