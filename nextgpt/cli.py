@@ -453,7 +453,7 @@ def cmd_data_convert(args) -> int:
 
 
 def _data_convert_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("format", help="cc3m, webvid, audiocap, t2m, mosit, llava, alpaca, videochat")
+    p.add_argument("format", help="cc3m, webvid, audiocap, t2m, mosit, llava, alpaca, videochat, llmbind")
     p.add_argument("--input", required=True, help="the upstream JSON file")
     p.add_argument("--media-dir", default=None, help="folder holding the media the JSON names")
     p.add_argument("--out", required=True)

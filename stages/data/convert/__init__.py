@@ -12,7 +12,8 @@ format is a :class:`~nextgpt.errors.ConfigError`.
 Formats (:data:`FORMATS`), one module per source dataset family, whose docstring gives the upstream
 fields: ``cc3m``, ``webvid`` and ``audiocap`` -> pairs (:mod:`.pairs`); NExT-GPT's instruction data
 ``t2m`` (:mod:`.t2m`) and ``mosit`` (:mod:`.mosit`), ``llava`` (:mod:`.llava`), ``alpaca``
-(:mod:`.alpaca`) and ``videochat`` (:mod:`.videochat`) -> conversations. :mod:`.common` holds what
+(:mod:`.alpaca`), ``videochat`` (:mod:`.videochat`) and LLMBind's interactive generation and editing
+dialogues ``llmbind`` (:mod:`.llmbind`) -> conversations. :mod:`.common` holds what
 they share (the problem kinds, the media lookup below, field checks); :mod:`.driver` the registry of
 formats and :func:`convert`.
 

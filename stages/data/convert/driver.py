@@ -21,6 +21,7 @@ from ..shards import write_samples
 from .alpaca import _alpaca
 from .common import MALFORMED, _Ctx, _MediaFinder, _Problem
 from .llava import _llava
+from .llmbind import _llmbind
 from .mosit import _mosit
 from .pairs import _pair_builder
 from .t2m import _t2m
@@ -78,6 +79,7 @@ _BUILDERS: dict[str, Callable] = {
     "llava": _llava,
     "alpaca": _alpaca,
     "videochat": _videochat,
+    "llmbind": _llmbind,
 }
 #: Supported upstream formats.
 FORMATS: tuple[str, ...] = tuple(_BUILDERS)
