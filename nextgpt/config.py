@@ -741,6 +741,31 @@ class DecoderMemoryConfig(Node):
 
 
 @dataclass(kw_only=True)
+class TaskPromptsConfig(Node):
+    """LLMBind task-prompt outputs (:mod:`nextgpt.task_prompts`): the LLM writes a prompt between task
+    tags, and the text goes to the text-conditioned diffusers pipeline in the given local folder,
+    loaded once on first use. A modality given here is produced this way, so it must not also be in
+    ``model.outputs`` (set ``model.outputs.<modality>`` to null). Changing a folder needs no
+    retraining. ``edit``: an InstructPix2Pix folder for ``<edit>`` with an input image. A tag
+    forced by ``modalities=[...]`` closes after ``max_prompt_tokens``, as one left open at the
+    budget does."""
+
+    image: str | None = field(default=None, metadata=PATH_METADATA)  #: <gen>..</gen>
+    audio: str | None = field(default=None, metadata=PATH_METADATA)  #: <aud_cap>..</aud_cap>
+    video: str | None = field(default=None, metadata=PATH_METADATA)  #: <vid_cap>..</vid_cap>
+    edit: str | None = field(default=None, metadata=PATH_METADATA)  #: <edit>..</edit>
+    max_prompt_tokens: int = 64
+
+    def _validate(self) -> None:
+        positive(self, "max_prompt_tokens")
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks with a pipeline, in tag order (image, video, audio, edit)."""
+        return tuple(t for t in ("image", "video", "audio", "edit") if getattr(self, t) is not None)
+
+
+@dataclass(kw_only=True)
 class ModelConfig(Node):
     """Encoder -> input projector -> LLM -> per-modality output projectors and decoders."""
 
@@ -751,6 +776,8 @@ class ModelConfig(Node):
     outputs: dict[Modality, OutputConfig] = field(default_factory=dict)
     #: How many decoder pipelines stay loaded (default: no limit, each loaded on first use).
     decoder_memory: DecoderMemoryConfig = field(default_factory=DecoderMemoryConfig)
+    #: LLMBind task-prompt outputs: modalities rendered from tagged text by a pipeline folder
+    task_prompts: TaskPromptsConfig = field(default_factory=TaskPromptsConfig)
     #: Seed of every randomly initialised part (new token rows, projectors, LoRA, and frozen parts
     #: without weights on disk): the same seed rebuilds the same model.
     seed: int = 0
@@ -777,6 +804,18 @@ class ModelConfig(Node):
             out.projector.in_dim = self.llm.hidden_size
         self.input_projector.in_dim = self.encoder.out_embed_dim
         self.input_projector.out_dim = self.llm.hidden_size
+        for task in self.task_prompts.tasks:
+            if task != "edit" and Modality.parse(task) in self.outputs:
+                raise error(
+                    join("task_prompts", task),
+                    f"{task} is also a soft output (model.outputs.{task}): set model.outputs.{task}=null to "
+                    "render it from task prompts",
+                )
+
+    @property
+    def prompt_modalities(self) -> tuple[Modality, ...]:
+        """The media modalities rendered from task prompts (``task_prompts``), in canonical order."""
+        return tuple(m for m in MEDIA_MODALITIES if m.value in self.task_prompts.tasks)
 
     @property
     def output_modalities(self) -> tuple[Modality, ...]:

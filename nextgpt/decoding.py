@@ -77,6 +77,13 @@ class Row:
             banned |= set(ids[1:])  # only the first token of a run may be chosen freely
             if m not in req.allowed:
                 banned.add(ids[0])
+        # LLMBind task tags: a prompt modality not allowed never opens its tag
+        self.tag_of = {pair[0]: task for task, pair in layout.tag_ids.items()}
+        for task, (open_id, _) in layout.tag_ids.items():
+            if task != "edit" and Modality(task) not in req.allowed:
+                banned.add(open_id)
+        self.prompt_task: str | None = None  # a forced task prompt being written
+        self.prompt_left = 0
         device = model.device
         self.banned = torch.tensor(sorted(banned), device=device, dtype=torch.long)
         self.banned_eos = torch.tensor(sorted(banned | set(layout.eos_ids)), device=device, dtype=torch.long)
@@ -146,9 +153,26 @@ class Row:
         sampling = (req.do_sample, req.temperature, req.top_p, self.generator, req.top_k)
         return int(self.model._pick(logits, banned, sampling))
 
+    def _pick_in_prompt(self, logits: torch.Tensor) -> int:
+        """A token of a forced task prompt: no EOS and no other tag opens inside it."""
+        extra = sorted(set(self.layout.eos_ids) | set(self.tag_of))
+        banned = torch.cat([self.banned, torch.tensor(extra, device=self.banned.device, dtype=torch.long)])
+        req = self.req
+        if self.seen is not None:
+            logits = penalize(logits.float(), self.seen, req.repetition_penalty)
+        sampling = (req.do_sample, req.temperature, req.top_p, self.generator, req.top_k)
+        return int(self.model._pick(logits, banned, sampling))
+
     def _next(self, logits: torch.Tensor) -> int | None:
         if self.queue:
             return self.queue.pop(0)
+        if self.prompt_task is not None:  # a forced task prompt: free text until its closing tag
+            close = self.layout.tag_ids[self.prompt_task][1]
+            token = close if self.prompt_left <= 0 or self.req.cancelled else self._pick_in_prompt(logits)
+            self.prompt_left -= 1
+            if token == close:
+                self.prompt_task = None
+            return token
         if self.pending is None:  # the text phase
             if self.req.cancelled:
                 self._end_text("cancelled")
@@ -162,6 +186,11 @@ class Row:
                 self._end_text("stop")
         if self.pending and not self.req.cancelled:  # requested media the LLM did not emit
             m = self.pending.pop(0)
+            if m.value in self.layout.tag_ids:  # a prompt modality: its tag, then the LLM's prompt
+                self.prompt_task = m.value
+                self.prompt_left = self.model.config.model.task_prompts.max_prompt_tokens
+                self.produced.add(m)
+                return self.layout.tag_ids[m.value][0]
             ids = list(self.layout.signal_ids[m])
             self.queue = ids[1:]
             return ids[0]
@@ -178,6 +207,8 @@ class Row:
             self._text = None
             if self.seen is not None:
                 self.seen[token] = True
+            if token in self.tag_of and self.tag_of[token] != "edit":
+                self.produced.add(Modality(self.tag_of[token]))  # a task prompt the LLM opened itself
             if self.run_mod is None and token in self.first_of:
                 self.run_mod = self.first_of[token]
                 if not self.queue:
@@ -197,7 +228,7 @@ class Row:
 
     def needs_feed(self) -> bool:
         """Whether the token just chosen must be fed (the row may go on after it)."""
-        if self.queue or self.run_mod is not None:
+        if self.queue or self.run_mod is not None or self.prompt_task is not None:
             return True
         if self.pending is None:
             return len(self.tokens) < self.budget or any(m not in self.produced for m in self.req.forced)

@@ -16,6 +16,7 @@ else of it.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import weakref
@@ -100,6 +101,8 @@ class GenerationRequest:
     decoder_options: dict[Modality, dict[str, Any]]
     negatives: dict[Modality, str | torch.Tensor]
     progress: Callable[[ProgressEvent], object] | None
+    #: the call's diffusion options (steps, guidance, sizes) for task-prompt pipelines (LLMBind)
+    prompt_options: dict[str, Any] = field(default_factory=dict)
     _cancelled: threading.Event = field(default_factory=threading.Event, init=False)
 
     def cancel(self) -> None:
@@ -467,6 +470,7 @@ class GenerationMixin:
             decoder_options=self._decoder_options(common, decoder_kwargs),
             negatives=self._negatives(negative_prompt, negative_conditioning),
             progress=_progress_reporter(check.check_progress(progress)),
+            prompt_options={k: v for k, v in common.items() if v is not None},
         )
 
     def _media_key(self, value: object, what: str) -> Modality:
@@ -650,8 +654,82 @@ class GenerationMixin:
         for i, run in enumerate(row.runs):
             if (row.row, i) in rendered:
                 out.add(run.modality, rendered[(row.row, i)], self.decoders[run.modality].media_rate)
+        if self.llm.layout.tag_ids and not row.req.cancelled:
+            self._render_prompts(row, out)
         row.emit(StreamEvent("done", row.row, output=out))
         return out
+
+    def _render_prompts(self, row: Any, out: GenerationOutput) -> None:
+        """LLMBind task prompts: each tagged span of the answer's tokens, rendered by its pipeline."""
+        from nextgpt.task_prompts import spans_from_ids
+
+        spans = spans_from_ids(row.tokens, self.llm.layout.tag_ids, self.processor.decode)
+        allowed = {m.value for m in row.req.allowed} | {"edit"}
+        for k, span in enumerate(s for s in spans if s.task in allowed):
+            out.prompts.append(span)
+            if not span.text:
+                continue
+            seed = None if row.req.seed is None else row.req.seed + k
+            if span.task == "edit":
+                image = self._first_input_image(row.req)
+                if image is None:
+                    logger.warning("row %d: <edit> without an input image: nothing to edit", row.row)
+                    continue
+                edited = self._edit_pipeline().edit(
+                    image, span.text, seed=seed, **self._edit_options(row.req)
+                )
+                out.add(Modality.IMAGE, [edited])
+                continue
+            pipe = self._prompt_pipeline(span.task)
+            opts = {k: v for k, v in row.req.prompt_options.items() if k in pipe.accepted_options()}
+            media = pipe.render([span.text], seed=seed, **opts)
+            out.add(Modality(span.task), media, pipe.media_rate())
+
+    def set_task_pipeline(self, task: str, path: str | os.PathLike) -> None:
+        """Render ``task``'s prompts (``image``, ``audio``, ``video`` or ``edit``) with the diffusers
+        pipeline folder at ``path`` from now on: the decoder is swapped without retraining (the LLM's
+        tags and prompts stay the model's; the config, and so a later ``save_pretrained``, records
+        the new folder). The task must be one the model was built with (``model.task_prompts``)."""
+        if task not in self.llm.layout.tag_ids:
+            have = ", ".join(self.llm.layout.tag_ids) or "none"
+            raise ConfigError(f"this model has no task prompt {task!r} (model.task_prompts: {have})")
+        with self.generation_lock:
+            setattr(self.config.model.task_prompts, task, os.fspath(path))
+            self.__dict__.setdefault("_prompt_pipelines", {}).pop(task, None)
+
+    def _prompt_pipeline(self, task: str) -> Any:
+        from nextgpt.task_prompts import PromptPipeline
+
+        cache = self.__dict__.setdefault("_prompt_pipelines", {})
+        if task not in cache:
+            path = getattr(self.config.model.task_prompts, task)
+            cache[task] = PromptPipeline(path, task, device=str(self.device))
+        return cache[task]
+
+    def _edit_pipeline(self) -> Any:
+        from nextgpt.task_prompts import EditPipeline
+
+        cache = self.__dict__.setdefault("_prompt_pipelines", {})
+        if "edit" not in cache:
+            path = self.config.model.task_prompts.edit
+            if path is None:  # the <edit> tag exists only with a configured folder
+                raise ConfigError("model.task_prompts.edit is not set: no editing pipeline")
+            cache["edit"] = EditPipeline(path, device=str(self.device))
+        return cache["edit"]
+
+    @staticmethod
+    def _edit_options(req: GenerationRequest) -> dict[str, Any]:
+        return {k: v for k, v in req.prompt_options.items() if k in ("num_inference_steps", "guidance_scale")}
+
+    @staticmethod
+    def _first_input_image(req: GenerationRequest) -> Any:
+        from nextgpt.mediaio import load_image
+
+        for slot in req.slots:
+            for item in slot if isinstance(slot, list) else [slot]:
+                if getattr(item, "modality", None) is Modality.IMAGE:
+                    return load_image(item.value)
+        return None
 
     def _report(self, row: Row, event: ProgressEvent) -> None:
         if row.req.progress is not None:
@@ -729,7 +807,7 @@ class GenerationMixin:
     def _parse_modalities(self, modalities):
         from collections.abc import Iterable, Mapping
 
-        available = set(self.output_modalities)
+        available = set(self.output_modalities) | set(self.config.model.prompt_modalities)
         if modalities is None:
             return available, [], True
         if isinstance(modalities, (str, Modality)):
@@ -744,7 +822,7 @@ class GenerationMixin:
             if m is not Modality.TEXT and m not in available:
                 raise ConfigError(
                     f"this model cannot produce {m.value}; it has decoders for "
-                    f"{', '.join(x.value for x in self.output_modalities) or 'nothing'}"
+                    f"{', '.join(x.value for x in sorted(available, key=lambda x: x.value)) or 'nothing'}"
                 )
         media = [m for m in parsed if m is not Modality.TEXT]
         return set(media), list(dict.fromkeys(media)), Modality.TEXT in parsed

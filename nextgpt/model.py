@@ -80,7 +80,7 @@ class NextGPT(GenerationMixin, nn.Module):
         seed = mcfg.seed
         self.encoder = ImageBindEncoder.from_config(mcfg.encoder, seed=seed)
         counts = {m: o.num_signal_tokens for m, o in mcfg.outputs.items()}
-        self.llm = LanguageModel.from_config(mcfg.llm, counts, seed=seed)
+        self.llm = LanguageModel.from_config(mcfg.llm, counts, seed=seed, task_tags=mcfg.task_prompts.tasks)
         self.input_projector = _seeded(seed + 10, lambda: build_input_projector(mcfg.input_projector))
         self.output_projectors = nn.ModuleDict(
             {

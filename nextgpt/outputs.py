@@ -29,6 +29,8 @@ class GenerationOutput:
         token_ids: the generated token ids (signal tokens included), for inspection.
         finish_reason: why the text ended: ``"stop"`` (EOS or a stop string), ``"length"`` (the
             ``max_new_tokens`` budget) or ``"cancelled"`` (the request was cancelled).
+        prompts: the LLMBind task prompts the answer wrote (:class:`nextgpt.task_prompts.TaskSpan`),
+            each rendered into the media of its modality (empty without ``model.task_prompts``).
         images, audios, videos: ``media[IMAGE]``, ``media[AUDIO]``, ``media[VIDEO]``.
         audio_sample_rate, video_fps: ``rates[AUDIO]``, ``rates[VIDEO]`` (``None`` when absent).
     """
@@ -55,6 +57,8 @@ class GenerationOutput:
     ) -> None:
         self.text = text
         self.finish_reason = finish_reason
+        #: LLMBind task prompts of the answer (``TaskSpan``: task, text, closed), in order
+        self.prompts: list = []
         self.token_ids = list(token_ids) if token_ids is not None else []
         self.media: dict[Modality, list] = {m: [] for m in MEDIA_MODALITIES}
         for m, items in (media or {}).items():

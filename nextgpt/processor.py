@@ -204,6 +204,12 @@ class Processor:
         added |= {PLACEHOLDER[m] for m in PLACEHOLDER} | set(WRAPPERS)
         self._reserved = sorted((t for t in added if t), key=len, reverse=True)
         self._reserved_re = re.compile("|".join(re.escape(t) for t in self._reserved))
+        # LLMBind task tags are outputs: an assistant turn (training targets) may hold them
+        tags = {t for pair in layout.tag_ids.values() for t in tokenizer.convert_ids_to_tokens(list(pair))}
+        reply_reserved = [t for t in self._reserved if t not in tags]
+        self._reply_reserved_re = (
+            re.compile("|".join(re.escape(t) for t in reply_reserved)) if reply_reserved else None
+        )
         # nextgpt's own tokens, which the renderer inserts: split out before tokenising a v0 piece
         ours = [t for t in tokenizer.convert_ids_to_tokens(list(range(layout.base_vocab, layout.vocab_size)))]
         self._ours = {t: layout.base_vocab + i for i, t in enumerate(ours)}
@@ -242,9 +248,14 @@ class Processor:
         ph = PLACEHOLDER[m] * self.tokens_per_item
         return f"{WRAPPERS[0]}{ph}{WRAPPERS[1]}" if self.media_wrappers else ph
 
-    def _checked(self, text: str) -> str:
+    def _checked(self, text: str, role: str = "user") -> str:
         check_text(text)  # a lone surrogate ("\ud800") cannot reach the tokenizer: InputError
-        found = self._reserved_re.search(text) if self._reserved else None
+        pattern = (
+            self._reply_reserved_re
+            if role == "assistant"
+            else (self._reserved_re if self._reserved else None)
+        )
+        found = pattern.search(text) if pattern is not None else None
         if found:
             raise InputError(
                 f"text contains the reserved token {found.group(0)!r} (the string would become the real "
@@ -258,7 +269,7 @@ class Processor:
         out = ""
         for slot in self.slots(turn):
             if isinstance(slot, str):
-                piece, glue = self._checked(slot), sep
+                piece, glue = self._checked(slot, turn.role), sep
             else:
                 piece = self._slot_text(slot, turn.role)
                 glue = "" if turn.role == "assistant" else sep
@@ -271,7 +282,7 @@ class Processor:
         """(the turn's text parts joined by spaces, the media slots' strings): the legacy layout puts
         a user turn's media first."""
         text = " ".join(
-            self._checked(p).strip() for p in self.slots(turn) if isinstance(p, str) and p.strip()
+            self._checked(p, turn.role).strip() for p in self.slots(turn) if isinstance(p, str) and p.strip()
         )
         media = [self._slot_text(s, turn.role) for s in self.slots(turn) if isinstance(s, list)]
         return text, media

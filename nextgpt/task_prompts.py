@@ -19,8 +19,8 @@ This module holds the parts that do not depend on the decoding loop:
 - :class:`EditPipeline` is an instruction-editing pipeline (InstructPix2Pix) taking the input
   image and the parsed instruction.
 
-Status: the tags are not yet added tokens of the LLM, and ``generate`` does not yet route spans to
-these pipelines (docs/LLMBIND.md).
+With ``model.task_prompts`` set, the tags are added tokens of the LLM and ``generate`` renders
+every span of an answer through these pipelines (``out.prompts`` holds the spans).
 """
 
 from __future__ import annotations
@@ -81,6 +81,26 @@ def parse_task_spans(text: str, tags: dict[str, tuple[str, str]] | None = None) 
             i = end
 
 
+def spans_from_ids(tokens: list[int], tag_ids: dict[str, tuple[int, int]], decode: Any) -> list[TaskSpan]:
+    """The tagged prompts of generated token ids (the tags are added tokens): as
+    :func:`parse_task_spans`, with each span's ids decoded by ``decode``."""
+    opening = {pair[0]: task for task, pair in tag_ids.items()}
+    spans: list[TaskSpan] = []
+    task: str | None = None
+    body: list[int] = []
+    for token in [*tokens, None]:
+        if task is not None and (token is None or token == tag_ids[task][1] or token in opening):
+            spans.append(TaskSpan(task, decode(body).strip(), token == tag_ids[task][1]))
+            task, body = None, []
+            if token is not None and token not in opening:
+                continue
+        if token in opening:
+            task = opening[token]
+        elif task is not None and token is not None:
+            body.append(token)
+    return spans
+
+
 def strip_task_tags(text: str, tags: dict[str, tuple[str, str]] | None = None) -> str:
     """``text`` without its task tags (the prompts stay, as the answer shows them)."""
     for open_tag, close_tag in (TASK_TAGS if tags is None else tags).values():
@@ -132,13 +152,35 @@ class PromptPipeline:
             return None
         return [torch.Generator(device="cpu").manual_seed(seed + i) for i in range(n)]
 
+    def accepted_options(self) -> set[str]:
+        """The keyword arguments the pipeline's call takes."""
+        import inspect
+
+        return set(inspect.signature(self.pipe.__call__).parameters)
+
+    def media_rate(self) -> float | None:
+        """Samples per second of what it renders: the vocoder's rate (audio), 8 fps (video)."""
+        if self.modality == "audio":
+            vocoder = getattr(self.pipe, "vocoder", None)
+            return float(getattr(getattr(vocoder, "config", None), "sampling_rate", 16000))
+        return 8.0 if self.modality == "video" else None
+
     def render(self, prompts: list[str], *, seed: int | None = None, **kwargs: Any) -> list[Any]:
         """One medium per prompt, in one pipeline call (prompt ``i`` seeded with ``seed + i``):
         PIL images, audio waveforms, or video frames."""
         if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
             raise InputError("render needs a non-empty list of non-empty prompt strings")
         out = self.pipe(prompt=list(prompts), generator=self._generators(len(prompts), seed), **kwargs)
-        return list(getattr(out, self.OUTPUT[self.modality]))
+        media = list(getattr(out, self.OUTPUT[self.modality]))
+        if (
+            self.modality == "video"
+        ):  # float frames in [0, 1] -> uint8 [T, H, W, 3], as the soft decoders give
+            import numpy as np
+
+            media = [
+                (np.clip(np.asarray(v, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8) for v in media
+            ]
+        return media
 
 
 class EditPipeline(PromptPipeline):

@@ -32,13 +32,20 @@ def signal_token_strings(modality: Modality, count: int) -> list[str]:
     return [f"[{SIGNAL_PREFIX[modality]}{i}]" for i in range(count)]
 
 
-def added_token_strings(signal_counts: dict[Modality, int], media_wrappers: bool) -> list[str]:
-    """Every token string nextgpt adds, in id order."""
+def added_token_strings(
+    signal_counts: dict[Modality, int], media_wrappers: bool, task_tags: tuple[str, ...] = ()
+) -> list[str]:
+    """Every token string nextgpt adds, in id order (LLMBind task tags, when used, last)."""
+    from nextgpt.task_prompts import TASK_TAGS
+
     tokens = list(WRAPPERS) if media_wrappers else []
     for m in SIGNAL_ORDER:
         if signal_counts.get(m):
             tokens += signal_token_strings(m, signal_counts[m])
-    return tokens + [PLACEHOLDER[m] for m in (Modality.IMAGE, Modality.AUDIO, Modality.VIDEO)]
+    tokens += [PLACEHOLDER[m] for m in (Modality.IMAGE, Modality.AUDIO, Modality.VIDEO)]
+    for task in task_tags:
+        tokens += list(TASK_TAGS[task])
+    return tokens
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,8 @@ class TokenLayout:
     placeholder_ids: dict[Modality, int]
     wrapper_ids: tuple[int, int] | None = None
     eos_ids: tuple[int, ...] = field(default=())
+    #: LLMBind task -> (opening tag id, closing tag id)
+    tag_ids: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def num_new(self) -> int:
@@ -58,6 +67,7 @@ class TokenLayout:
             sum(len(v) for v in self.signal_ids.values())
             + len(self.placeholder_ids)
             + (2 if self.wrapper_ids else 0)
+            + 2 * len(self.tag_ids)
         )
 
     @property
@@ -78,11 +88,20 @@ class TokenLayout:
 
     def special_ids(self) -> set[int]:
         """Every added id: stripped from returned text."""
-        return self.all_signal_ids() | self.never_generated()
+        return (
+            self.all_signal_ids()
+            | self.never_generated()
+            | {i for pair in self.tag_ids.values() for i in pair}
+        )
 
     @classmethod
     def build(
-        cls, base_vocab: int, signal_counts: dict[Modality, int], media_wrappers: bool, eos_ids=()
+        cls,
+        base_vocab: int,
+        signal_counts: dict[Modality, int],
+        media_wrappers: bool,
+        eos_ids=(),
+        task_tags: tuple[str, ...] = (),
     ) -> TokenLayout:
         """Assign ids from ``base_vocab`` on in the order :func:`added_token_strings` adds the tokens:
         wrappers (if any), signal runs in :data:`SIGNAL_ORDER`, then the placeholders."""
@@ -101,4 +120,8 @@ class TokenLayout:
         for m in (Modality.IMAGE, Modality.AUDIO, Modality.VIDEO):
             placeholder_ids[m] = next_id
             next_id += 1
-        return cls(base_vocab, signal_ids, placeholder_ids, wrapper_ids, tuple(eos_ids))
+        tag_ids = {}
+        for task in task_tags:
+            tag_ids[task] = (next_id, next_id + 1)
+            next_id += 2
+        return cls(base_vocab, signal_ids, placeholder_ids, wrapper_ids, tuple(eos_ids), tag_ids)
