@@ -45,8 +45,15 @@ def _plain_only(value) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_list_presets_is_exactly_the_five_shipped():
-    assert sorted(list_presets()) == ["nextgpt-7b", "nextgpt-7b-legacy", "qwen2.5-7b", "small", "tiny"]
+def test_list_presets_is_exactly_the_six_shipped():
+    assert sorted(list_presets()) == [
+        "llmbind-7b",
+        "nextgpt-7b",
+        "nextgpt-7b-legacy",
+        "qwen2.5-7b",
+        "small",
+        "tiny",
+    ]
 
 
 @pytest.mark.parametrize("name", list_presets())

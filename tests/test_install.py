@@ -118,7 +118,14 @@ def test_wheel_install_imports_every_subpackage(tmp_path: Path) -> None:
     assert Path(info["mods"]["nextgpt.encoders"]).parent.name == "encoders"
     assert Path(info["mods"]["nextgpt.encoders"]).parent.parent.name == "nextgpt"
     assert not any(info["bare"].values()), f"bare top-level packages installed: {info['bare']}"
-    assert set(info["presets"]) == {"tiny", "small", "nextgpt-7b", "nextgpt-7b-legacy", "qwen2.5-7b"}
+    assert set(info["presets"]) == {
+        "tiny",
+        "small",
+        "nextgpt-7b",
+        "nextgpt-7b-legacy",
+        "qwen2.5-7b",
+        "llmbind-7b",
+    }
 
 
 @pytest.mark.install
@@ -153,7 +160,14 @@ def test_editable_install_imports_every_subpackage(tmp_path: Path) -> None:
 
     assert Path(info["torch"]).resolve() == Path(torch.__file__).resolve()
     assert not any(info["bare"].values()), f"bare top-level packages installed: {info['bare']}"
-    assert set(info["presets"]) == {"tiny", "small", "nextgpt-7b", "nextgpt-7b-legacy", "qwen2.5-7b"}
+    assert set(info["presets"]) == {
+        "tiny",
+        "small",
+        "nextgpt-7b",
+        "nextgpt-7b-legacy",
+        "qwen2.5-7b",
+        "llmbind-7b",
+    }
 
 
 def _requirements() -> dict[str, str]:

@@ -123,3 +123,22 @@ def test_training_text_with_tags_uses_the_tag_tokens(pipelines):
 def test_a_modality_cannot_be_soft_and_prompted(pipelines):
     with pytest.raises(ConfigError, match="model.outputs.image=null"):
         NextGPT.from_preset("tiny", [f"model.task_prompts.image={pipelines['a']}"])
+
+
+def test_llmbind_7b_preset_holds_the_papers_numbers():
+    from nextgpt.config import NextGPTConfig
+
+    cfg = NextGPTConfig.from_preset("llmbind-7b")
+    moe = cfg.model.llm.moe
+    assert (moe.enabled, moe.r, moe.experts, moe.top_k) == (True, 8, 4, 2)
+    assert len(moe.layers) == 16 and cfg.model.llm.num_layers == 32  # 16 of 32 layers
+    assert cfg.model.output_modalities == () and cfg.model.task_prompts.tasks == (
+        "image",
+        "video",
+        "audio",
+        "edit",
+    )
+    stage = cfg.training.stages[3]
+    assert (stage.optimizer, stage.lr, stage.weight_decay, stage.batch_size) == ("adamw", 3e-4, 0.0, 2)
+    assert cfg.training.max_steps == 15000 and cfg.training.accumulate_grad_batches == 10
+    assert round(stage.warmup_ratio * cfg.training.max_steps) == 100  # 100 warm-up steps
