@@ -84,6 +84,7 @@ class Row:
                 banned.add(open_id)
         self.prompt_task: str | None = None  # a forced task prompt being written
         self.prompt_left = 0
+        self.prompt_body: list[int] = []
         device = model.device
         self.banned = torch.tensor(sorted(banned), device=device, dtype=torch.long)
         self.banned_eos = torch.tensor(sorted(banned | set(layout.eos_ids)), device=device, dtype=torch.long)
@@ -154,8 +155,12 @@ class Row:
         return int(self.model._pick(logits, banned, sampling))
 
     def _pick_in_prompt(self, logits: torch.Tensor) -> int:
-        """A token of a forced task prompt: no EOS and no other tag opens inside it."""
-        extra = sorted(set(self.layout.eos_ids) | set(self.tag_of))
+        """A token of a forced task prompt: no EOS and no other tag opens inside it, and it does not
+        close before it holds some text."""
+        extra = set(self.layout.eos_ids) | set(self.tag_of)
+        if not self.model.processor.decode(self.prompt_body).strip():
+            extra.add(self.layout.tag_ids[self.prompt_task][1])
+        extra = sorted(extra)
         banned = torch.cat([self.banned, torch.tensor(extra, device=self.banned.device, dtype=torch.long)])
         req = self.req
         if self.seen is not None:
@@ -172,6 +177,8 @@ class Row:
             self.prompt_left -= 1
             if token == close:
                 self.prompt_task = None
+            else:
+                self.prompt_body.append(token)
             return token
         if self.pending is None:  # the text phase
             if self.req.cancelled:
@@ -189,6 +196,7 @@ class Row:
             if m.value in self.layout.tag_ids:  # a prompt modality: its tag, then the LLM's prompt
                 self.prompt_task = m.value
                 self.prompt_left = self.model.config.model.task_prompts.max_prompt_tokens
+                self.prompt_body = []
                 self.produced.add(m)
                 return self.layout.tag_ids[m.value][0]
             ids = list(self.layout.signal_ids[m])

@@ -666,9 +666,7 @@ class GenerationMixin:
         spans = spans_from_ids(row.tokens, self.llm.layout.tag_ids, self.processor.decode)
         allowed = {m.value for m in row.req.allowed} | {"edit"}
         for k, span in enumerate(s for s in spans if s.task in allowed):
-            out.prompts.append(span)
-            if not span.text:
-                continue
+            out.prompts.append(span)  # an empty span renders unconditionally: what the LLM wrote
             seed = None if row.req.seed is None else row.req.seed + k
             if span.task == "edit":
                 image = self._first_input_image(row.req)

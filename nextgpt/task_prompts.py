@@ -168,8 +168,8 @@ class PromptPipeline:
     def render(self, prompts: list[str], *, seed: int | None = None, **kwargs: Any) -> list[Any]:
         """One medium per prompt, in one pipeline call (prompt ``i`` seeded with ``seed + i``):
         PIL images, audio waveforms, or video frames."""
-        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-            raise InputError("render needs a non-empty list of non-empty prompt strings")
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise InputError("render needs a non-empty list of prompt strings")
         out = self.pipe(prompt=list(prompts), generator=self._generators(len(prompts), seed), **kwargs)
         media = list(getattr(out, self.OUTPUT[self.modality]))
         if (

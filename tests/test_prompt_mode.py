@@ -142,3 +142,51 @@ def test_llmbind_7b_preset_holds_the_papers_numbers():
     assert (stage.optimizer, stage.lr, stage.weight_decay, stage.batch_size) == ("adamw", 3e-4, 0.0, 2)
     assert cfg.training.max_steps == 15000 and cfg.training.accumulate_grad_batches == 10
     assert round(stage.warmup_ratio * cfg.training.max_steps) == 100  # 100 warm-up steps
+
+
+def test_converted_llmbind_dialogues_train_a_prompt_mode_model_with_experts(pipelines, tmp_path):
+    """The LLMBind path end to end on tiny: upstream-format dialogues -> `convert llmbind` -> stage 3
+    (LoRA + LoRA-MoE + the tag rows) -> a saved model whose tags and experts changed."""
+    import csv
+    import json
+
+    from nextgpt.stages.data.convert.driver import convert
+    from nextgpt.stages.train import train
+
+    records = [
+        {
+            "conversations": [
+                {"from": "human", "value": f"Please draw thing number {i}."},
+                {"from": "gpt", "value": f"Sure: <gen> a small red fox number {i} in the snow </gen>"},
+            ]
+        }
+        for i in range(8)
+    ]
+    (tmp_path / "dialogues.json").write_text(json.dumps(records))
+    report = convert(
+        "llmbind", tmp_path / "dialogues.json", tmp_path, tmp_path / "data" / "llmbind", progress=False
+    )
+    assert report.written == 8
+    overrides = [
+        "model.outputs.image=null",
+        f"model.task_prompts.image={pipelines['a']}",
+        "model.llm.moe.enabled=true",
+        "model.llm.moe.layers=[0]",
+        "training.stages.3.datasets=[llmbind]",
+        "training.stages.3.lr=1e-2",
+        "training.num_workers=0",
+        "training.log_every_n_steps=1",
+    ]
+    before = NextGPT.from_preset("tiny", overrides[:4])
+    out = train(3, "tiny", tmp_path / "data", tmp_path / "run", overrides, max_steps=3)
+    trained = NextGPT.from_pretrained(out)
+    open_id, _ = trained.llm.layout.tag_ids["image"]
+    rows = open_id - trained.llm.layout.base_vocab
+    assert not torch.equal(
+        trained.llm.new_embeddings[rows], before.llm.new_embeddings[rows]
+    )  # the tag learned
+    moe_b = [n for n in trained.trainable_state_dict() if "lora_moe_B" in n]
+    assert moe_b and any(trained.trainable_state_dict()[n].abs().sum() > 0 for n in moe_b)  # experts trained
+    metrics = next((tmp_path / "run" / "stage3" / "logs").glob("version_*/metrics.csv"))
+    assert any(r.get("train/moe_aux_loss") for r in csv.DictReader(open(metrics)))
+    assert trained.generate("draw a fox", modalities=["image"], seed=0, **KW).images

@@ -87,5 +87,5 @@ def test_pipeline_errors(tmp_path):
         PromptPipeline(tmp_path / "none", "image").render(["x"])
     with pytest.raises(ConfigError, match="modality"):
         PromptPipeline(tmp_path, "smell")
-    with pytest.raises(InputError, match="non-empty"):
+    with pytest.raises(InputError, match="non-empty list"):
         PromptPipeline(tmp_path, "image").render([])
