@@ -766,6 +766,25 @@ class TaskPromptsConfig(Node):
 
 
 @dataclass(kw_only=True)
+class SegmentationConfig(Node):
+    """LLMBind's ``<seg>`` output (:mod:`nextgpt.segmentation`): with ``sam`` set, the LLM gets a
+    ``<seg>`` token whose hidden state goes through an MLP into SAM's mask decoder, and ``generate``
+    returns one mask per ``<seg>`` for the input image. ``sam``: a transformers SamModel folder
+    (LLMBind: SAM ViT-H). The mask loss is ``loss_weight * (bce_weight BCE + dice_weight DICE)``
+    (paper: 1.0, 2.0, 0.5); a pixel is in the mask where its logit exceeds ``mask_threshold``."""
+
+    sam: str | None = field(default=None, metadata=PATH_METADATA)
+    bce_weight: float = 2.0
+    dice_weight: float = 0.5
+    loss_weight: float = 1.0
+    mask_threshold: float = 0.0
+
+    def _validate(self) -> None:
+        for key in ("bce_weight", "dice_weight", "loss_weight"):
+            check(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+
+
+@dataclass(kw_only=True)
 class ModelConfig(Node):
     """Encoder -> input projector -> LLM -> per-modality output projectors and decoders."""
 
@@ -778,6 +797,8 @@ class ModelConfig(Node):
     decoder_memory: DecoderMemoryConfig = field(default_factory=DecoderMemoryConfig)
     #: LLMBind task-prompt outputs: modalities rendered from tagged text by a pipeline folder
     task_prompts: TaskPromptsConfig = field(default_factory=TaskPromptsConfig)
+    #: LLMBind's <seg> token with a SAM mask decoder (off without a SAM folder)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     #: Seed of every randomly initialised part (new token rows, projectors, LoRA, and frozen parts
     #: without weights on disk): the same seed rebuilds the same model.
     seed: int = 0

@@ -82,6 +82,11 @@ class Row:
         for task, (open_id, _) in layout.tag_ids.items():
             if task != "edit" and Modality(task) not in req.allowed:
                 banned.add(open_id)
+        if layout.seg_id is not None and not any(
+            getattr(item, "modality", None) is Modality.IMAGE for slot in req.slots for item in slot
+        ):
+            banned.add(layout.seg_id)  # <seg> segments an input image: none, no <seg>
+        self.seg_states: list[torch.Tensor] = []  # hidden states at the <seg> tokens
         self.prompt_task: str | None = None  # a forced task prompt being written
         self.prompt_left = 0
         self.prompt_body: list[int] = []
@@ -158,10 +163,10 @@ class Row:
         """A token of a forced task prompt: no EOS and no other tag opens inside it, and it does not
         close before it holds some text."""
         extra = set(self.layout.eos_ids) | set(self.tag_of)
-        if not self.model.processor.decode(self.prompt_body).strip():
+        if self.prompt_task is not None and not self.model.processor.decode(self.prompt_body).strip():
             extra.add(self.layout.tag_ids[self.prompt_task][1])
-        extra = sorted(extra)
-        banned = torch.cat([self.banned, torch.tensor(extra, device=self.banned.device, dtype=torch.long)])
+        more = torch.tensor(sorted(extra), device=self.banned.device, dtype=torch.long)
+        banned = torch.cat([self.banned, more])
         req = self.req
         if self.seen is not None:
             logits = penalize(logits.float(), self.seen, req.repetition_penalty)
@@ -238,6 +243,8 @@ class Row:
         """Whether the token just chosen must be fed (the row may go on after it)."""
         if self.queue or self.run_mod is not None or self.prompt_task is not None:
             return True
+        if self.tokens and self.tokens[-1] == self.layout.seg_id:
+            return True  # its hidden state comes from feeding it
         if self.pending is None:
             return len(self.tokens) < self.budget or any(m not in self.produced for m in self.req.forced)
         return bool(self.pending)
@@ -318,7 +325,10 @@ def decode_rows(
         o = model.llm(emb, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
         past, logits = o.past_key_values, o.logits[:, -1]
         states = o.hidden[:, -1] + emb[:, -1]  # (B', H)
+        seg_id = model.llm.layout.seg_id
         for pos, b in enumerate(live):
+            if seg_id is not None and feed[keep[pos]] == seg_id:
+                rows[b].seg_states.append(o.hidden[pos, -1])  # LLMBind: the <seg> output hidden state
             run = rows[b].fed(states[pos])
             if run is not None and on_run is not None:
                 on_run(rows[b], len(rows[b].runs) - 1, run)

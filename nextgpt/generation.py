@@ -135,6 +135,7 @@ class GenerationMixin:
         processor: Processor
         decoders: dict[Modality, Decoder]
         residency: DecoderResidency
+        segmentation: Any  # nextgpt.segmentation.SegmentationHead | None
 
         # Declarations for the type checker only (documented on NextGPT).
         @property
@@ -656,6 +657,8 @@ class GenerationMixin:
                 out.add(run.modality, rendered[(row.row, i)], self.decoders[run.modality].media_rate)
         if self.llm.layout.tag_ids and not row.req.cancelled:
             self._render_prompts(row, out)
+        if row.seg_states and not row.req.cancelled:
+            self._segment(row, out)
         row.emit(StreamEvent("done", row.row, output=out))
         return out
 
@@ -683,6 +686,18 @@ class GenerationMixin:
             media = pipe.render([span.text], seed=seed, **opts)
             out.add(Modality(span.task), media, pipe.media_rate())
 
+    def _segment(self, row: Any, out: GenerationOutput) -> None:
+        """LLMBind ``<seg>``: one mask of the input image per ``<seg>`` the answer wrote."""
+        image = self._first_input_image(row.req)
+        head = self.segmentation
+        if image is None or head is None:
+            return
+        with torch.no_grad():
+            logits = head(torch.stack(row.seg_states).float(), head.prepare(image))
+        threshold = self.config.model.segmentation.mask_threshold
+        out.masks = [m.cpu().numpy() > threshold for m in logits]
+        out.mask_image = image
+
     def set_task_pipeline(self, task: str, path: str | os.PathLike) -> None:
         """Render ``task``'s prompts (``image``, ``audio``, ``video`` or ``edit``) with the diffusers
         pipeline folder at ``path`` from now on: the decoder is swapped without retraining (the LLM's
@@ -696,11 +711,13 @@ class GenerationMixin:
             self.__dict__.setdefault("_prompt_pipelines", {}).pop(task, None)
 
     def _prompt_pipeline(self, task: str) -> Any:
+        from nextgpt.config import resolve_path
         from nextgpt.task_prompts import PromptPipeline
 
         cache = self.__dict__.setdefault("_prompt_pipelines", {})
         if task not in cache:
-            path = getattr(self.config.model.task_prompts, task)
+            path = resolve_path(getattr(self.config.model.task_prompts, task), f"model.task_prompts.{task}")
+            assert path is not None  # a tag exists only for a configured task
             cache[task] = PromptPipeline(path, task, device=str(self.device))
         return cache[task]
 
@@ -709,7 +726,9 @@ class GenerationMixin:
 
         cache = self.__dict__.setdefault("_prompt_pipelines", {})
         if "edit" not in cache:
-            path = self.config.model.task_prompts.edit
+            from nextgpt.config import resolve_path
+
+            path = resolve_path(self.config.model.task_prompts.edit, "model.task_prompts.edit")
             if path is None:  # the <edit> tag exists only with a configured folder
                 raise ConfigError("model.task_prompts.edit is not set: no editing pipeline")
             cache["edit"] = EditPipeline(path, device=str(self.device))

@@ -320,6 +320,7 @@ class LanguageModel(nn.Module):
         *,
         seed: int = 0,
         task_tags: tuple[str, ...] = (),
+        seg: bool = False,
     ) -> LanguageModel:
         """Load (or build tiny random) the LLM of ``cfg``, add the signal and wrapper tokens for
         ``signal_counts``, and wrap it in LoRA and gradient checkpointing as configured."""
@@ -332,13 +333,18 @@ class LanguageModel(nn.Module):
             )
         if len(tokenizer) < base_vocab:  # padded embedding matrices: reserve the unused ids
             tokenizer.add_tokens([f"<nextgpt_reserved_{i}>" for i in range(len(tokenizer), base_vocab)])
-        new_tokens = added_token_strings(signal_counts, cfg.media_wrappers, task_tags)
+        new_tokens = added_token_strings(signal_counts, cfg.media_wrappers, task_tags, seg)
         tokenizer.add_tokens(new_tokens)
         eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         gen_eos = getattr(model.generation_config, "eos_token_id", None)
         eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
         layout = TokenLayout.build(
-            base_vocab, signal_counts, cfg.media_wrappers, eos_ids=tuple(sorted(eos)), task_tags=task_tags
+            base_vocab,
+            signal_counts,
+            cfg.media_wrappers,
+            eos_ids=tuple(sorted(eos)),
+            task_tags=task_tags,
+            seg=seg,
         )
         ids = tokenizer.convert_tokens_to_ids(new_tokens)
         if ids != list(range(base_vocab, base_vocab + len(new_tokens))):

@@ -80,7 +80,10 @@ class NextGPT(GenerationMixin, nn.Module):
         seed = mcfg.seed
         self.encoder = ImageBindEncoder.from_config(mcfg.encoder, seed=seed)
         counts = {m: o.num_signal_tokens for m, o in mcfg.outputs.items()}
-        self.llm = LanguageModel.from_config(mcfg.llm, counts, seed=seed, task_tags=mcfg.task_prompts.tasks)
+        seg = mcfg.segmentation.sam is not None
+        self.llm = LanguageModel.from_config(
+            mcfg.llm, counts, seed=seed, task_tags=mcfg.task_prompts.tasks, seg=seg
+        )
         self.input_projector = _seeded(seed + 10, lambda: build_input_projector(mcfg.input_projector))
         self.output_projectors = nn.ModuleDict(
             {
@@ -88,6 +91,16 @@ class NextGPT(GenerationMixin, nn.Module):
                 for i, (m, o) in enumerate(mcfg.outputs.items())
             }
         )
+        self.segmentation = None
+        if seg:  # LLMBind <seg>: the MLP and SAM's mask decoder train, SAM's encoders are frozen
+            from nextgpt.config import resolve_path
+            from nextgpt.segmentation import SegmentationHead
+
+            sam_path = resolve_path(mcfg.segmentation.sam, "model.segmentation.sam")
+            assert sam_path is not None
+            self.segmentation = _seeded(
+                seed + 30, lambda: SegmentationHead.from_pretrained(sam_path, self.llm.hidden_size)
+            )
         self.to(device)
         # Decoders start where the model is and follow its moves and casts (see _apply).
         self.decoders = {
@@ -276,6 +289,7 @@ class NextGPT(GenerationMixin, nn.Module):
         denoise_weight: float = 1.0,
         generator: torch.Generator | None = None,
         input_idle: torch.Tensor | None = None,
+        seg_targets: Sequence[tuple[dict, torch.Tensor] | None] | None = None,
         position_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The NExT-GPT training losses for one batch.
@@ -303,6 +317,9 @@ class NextGPT(GenerationMixin, nn.Module):
                 restart at 0 where a sample starts. Attention stays within each sample
                 (transformers builds the block-diagonal mask, or the variable-length flash-attention
                 call, from them); the first label of each sample must be ``-100``.
+            seg_targets: LLMBind ``<seg>`` training, per row ``(SAM inputs of its image, target masks
+                [N, H, W])`` (``None``: no mask in that row); the row's ``N`` ``<seg>`` tokens prompt the
+                masks, whose loss (``mask_loss``) is added with ``model.segmentation.loss_weight``.
 
         Returns:
             ``loss`` (weighted total), ``lm_loss`` (next-token cross-entropy on labelled positions),
@@ -333,6 +350,11 @@ class NextGPT(GenerationMixin, nn.Module):
         if moe_aux is not None:  # LoRA-MoE load balancing (LLMBind eq. 10), per its config weight
             losses["moe_aux_loss"] = moe_aux
             total = total + self.config.model.llm.moe.aux_weight * moe_aux
+        if seg_targets is not None:
+            mask = self._seg_loss(input_ids, out.hidden, seg_targets)
+            if mask is not None:
+                losses["mask_loss"] = mask
+                total = total + self.config.model.segmentation.loss_weight * mask
         if input_idle is not None:
             total = total + input_idle
         if targets is not None:
@@ -420,6 +442,35 @@ class NextGPT(GenerationMixin, nn.Module):
 
     # ------------------------------------------------------------------ persistence
 
+    def _seg_loss(
+        self,
+        input_ids: torch.Tensor,
+        hidden: torch.Tensor,
+        seg_targets: Sequence[tuple[dict, torch.Tensor] | None],
+    ) -> torch.Tensor | None:
+        """LLMBind's mask loss: each row's ``<seg>`` hidden states through the SAM head against the
+        row's target masks ``[N, H, W]`` (``(SAM inputs, masks)`` per row, ``None``: no image)."""
+        from nextgpt.segmentation import mask_loss
+
+        if self.segmentation is None or self.llm.layout.seg_id is None:
+            raise InputError("seg_targets given, but the model has no segmentation (model.segmentation.sam)")
+        if len(seg_targets) != input_ids.shape[0]:
+            raise InputError(f"seg_targets has {len(seg_targets)} rows for a batch of {input_ids.shape[0]}")
+        cfg = self.config.model.segmentation
+        terms = []
+        for b, entry in enumerate(seg_targets):
+            if entry is None:
+                continue
+            inputs, masks = entry
+            positions = (input_ids[b] == self.llm.layout.seg_id).nonzero().flatten()
+            if len(positions) != masks.shape[0]:
+                raise InputError(f"row {b}: {len(positions)} <seg> tokens for {masks.shape[0]} target masks")
+            logits = self.segmentation(hidden[b, positions].float(), inputs)
+            terms.append(
+                mask_loss(logits, masks, bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight)["mask_loss"]
+            )
+        return torch.stack(terms).mean() if terms else None
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Every parameter training may change: projectors, LoRA, added token rows (and, with the
         legacy "full" policy, the base embedding matrices). The frozen encoder, base LLM and
@@ -427,6 +478,10 @@ class NextGPT(GenerationMixin, nn.Module):
         state = {f"input_projector.{k}": v for k, v in self.input_projector.state_dict().items()}
         state.update({f"output_projectors.{k}": v for k, v in self.output_projectors.state_dict().items()})
         state.update({f"llm.{k}": v.detach() for k, v in self.llm.trainable_state_dict().items()})
+        if self.segmentation is not None:  # the <seg> MLP and SAM's mask decoder
+            for k, v in self.segmentation.named_parameters():
+                if k.startswith(("projection.", "sam.mask_decoder.")):
+                    state[f"segmentation.{k}"] = v.detach()
         return state
 
     def save_pretrained(

@@ -29,6 +29,7 @@ class GenerationOutput:
         token_ids: the generated token ids (signal tokens included), for inspection.
         finish_reason: why the text ended: ``"stop"`` (EOS or a stop string), ``"length"`` (the
             ``max_new_tokens`` budget) or ``"cancelled"`` (the request was cancelled).
+        masks: LLMBind ``<seg>`` masks of the input image (bool ``[H, W]``), saved as PNG overlays.
         prompts: the LLMBind task prompts the answer wrote (:class:`nextgpt.task_prompts.TaskSpan`),
             each rendered into the media of its modality (empty without ``model.task_prompts``).
         images, audios, videos: ``media[IMAGE]``, ``media[AUDIO]``, ``media[VIDEO]``.
@@ -59,6 +60,9 @@ class GenerationOutput:
         self.finish_reason = finish_reason
         #: LLMBind task prompts of the answer (``TaskSpan``: task, text, closed), in order
         self.prompts: list = []
+        #: LLMBind ``<seg>`` masks of the input image (bool ``[H, W]``, one per ``<seg>``) and that image
+        self.masks: list[np.ndarray] = []
+        self.mask_image = None
         self.token_ids = list(token_ids) if token_ids is not None else []
         self.media: dict[Modality, list] = {m: [] for m in MEDIA_MODALITIES}
         for m, items in (media or {}).items():
@@ -154,7 +158,25 @@ class GenerationOutput:
                 p = out / f"{prefix}_{m.value}{i}.{ext}"
                 write(p, item, self.rates.get(m))
                 paths.append(p)
+        for i, mask in enumerate(self.masks):  # the input image with the mask in red at half opacity
+            p = out / f"{prefix}_mask{i}.png"
+            _write_png(p, _overlay(self.mask_image, mask), None)
+            paths.append(p)
         return paths
+
+
+def _overlay(image, mask: np.ndarray):
+    from PIL import Image
+
+    base = (
+        np.asarray(image.convert("RGB"), dtype=np.float32)
+        if image is not None
+        else np.zeros((*mask.shape, 3))
+    )
+    red = np.zeros_like(base)
+    red[..., 0] = 255.0
+    blended = np.where(mask[..., None], 0.5 * base + 0.5 * red, base)
+    return Image.fromarray(blended.round().astype(np.uint8))
 
 
 def _media_modality(value: str | Modality) -> Modality:

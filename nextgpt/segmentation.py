@@ -15,8 +15,8 @@ averaged over masks: the per-pixel binary cross-entropy of the logits, and
 ``1 - (2 sum p t + s) / (sum p + sum t + s)`` with ``p = sigmoid(logits)``, ``s = 1e-3`` (LISA's
 ``1e-6`` on sums scaled by 1/1000).
 
-Status: this module is the head and its loss, tested on tiny random SAMs; the ``<seg>`` token, its
-training batches and ``generate`` returning masks are not wired in yet (docs/LLMBIND.md).
+With ``model.segmentation.sam`` set, the model owns a head (``model.segmentation``), ``generate``
+returns ``out.masks``, and ``compute_losses(seg_targets=...)`` trains it (docs/LLMBIND.md).
 """
 
 from __future__ import annotations

@@ -32,10 +32,16 @@ def signal_token_strings(modality: Modality, count: int) -> list[str]:
     return [f"[{SIGNAL_PREFIX[modality]}{i}]" for i in range(count)]
 
 
+SEG_TOKEN = "<seg>"
+
+
 def added_token_strings(
-    signal_counts: dict[Modality, int], media_wrappers: bool, task_tags: tuple[str, ...] = ()
+    signal_counts: dict[Modality, int],
+    media_wrappers: bool,
+    task_tags: tuple[str, ...] = (),
+    seg: bool = False,
 ) -> list[str]:
-    """Every token string nextgpt adds, in id order (LLMBind task tags, when used, last)."""
+    """Every token string nextgpt adds, in id order (LLMBind task tags and ``<seg>``, when used, last)."""
     from nextgpt.task_prompts import TASK_TAGS
 
     tokens = list(WRAPPERS) if media_wrappers else []
@@ -45,7 +51,7 @@ def added_token_strings(
     tokens += [PLACEHOLDER[m] for m in (Modality.IMAGE, Modality.AUDIO, Modality.VIDEO)]
     for task in task_tags:
         tokens += list(TASK_TAGS[task])
-    return tokens
+    return tokens + ([SEG_TOKEN] if seg else [])
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,8 @@ class TokenLayout:
     eos_ids: tuple[int, ...] = field(default=())
     #: LLMBind task -> (opening tag id, closing tag id)
     tag_ids: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: LLMBind's ``<seg>`` (its hidden state prompts the mask decoder), when segmentation is on
+    seg_id: int | None = None
 
     @property
     def num_new(self) -> int:
@@ -68,6 +76,7 @@ class TokenLayout:
             + len(self.placeholder_ids)
             + (2 if self.wrapper_ids else 0)
             + 2 * len(self.tag_ids)
+            + (self.seg_id is not None)
         )
 
     @property
@@ -102,6 +111,7 @@ class TokenLayout:
         media_wrappers: bool,
         eos_ids=(),
         task_tags: tuple[str, ...] = (),
+        seg: bool = False,
     ) -> TokenLayout:
         """Assign ids from ``base_vocab`` on in the order :func:`added_token_strings` adds the tokens:
         wrappers (if any), signal runs in :data:`SIGNAL_ORDER`, then the placeholders."""
@@ -124,4 +134,5 @@ class TokenLayout:
         for task in task_tags:
             tag_ids[task] = (next_id, next_id + 1)
             next_id += 2
-        return cls(base_vocab, signal_ids, placeholder_ids, wrapper_ids, tuple(eos_ids), tag_ids)
+        seg_id = next_id if seg else None
+        return cls(base_vocab, signal_ids, placeholder_ids, wrapper_ids, tuple(eos_ids), tag_ids, seg_id)

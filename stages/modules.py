@@ -64,7 +64,7 @@ logger = logging.getLogger(__name__)
 TRAINABLE: dict[int, tuple[str, ...]] = {
     1: ("input_projector", "token_rows_if_full"),
     2: ("output_projectors", "token_rows"),
-    3: ("input_projector", "output_projectors", "token_rows", "lora"),
+    3: ("input_projector", "output_projectors", "token_rows", "lora", "segmentation"),
 }
 
 
@@ -88,6 +88,8 @@ def select_trainable(model, stage: int) -> dict[str, torch.nn.Parameter]:
             take = "input_projector" in groups
         elif name.startswith("output_projectors."):
             take = "output_projectors" in groups
+        elif name.startswith(("segmentation.projection.", "segmentation.sam.mask_decoder.")):
+            take = "segmentation" in groups  # LLMBind <seg>: the MLP and SAM's mask decoder
         elif name.startswith("llm.") and (tensor := llm_trainable.get(name.removeprefix("llm."))) is not None:
             if tensor.kind == "lora":
                 take = "lora" in groups

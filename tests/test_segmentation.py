@@ -130,3 +130,83 @@ def test_the_head_learns_a_mask(sam_dir):
 def test_missing_sam_folder_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="SAM folder not found"):
         SegmentationHead.from_pretrained(tmp_path / "none", hidden_size=8)
+
+
+# ------------------------------------------------------------------ <seg> inside the model
+
+
+def _seg_model(sam_dir):
+    from nextgpt import NextGPT
+
+    return NextGPT.from_preset("tiny", [f"model.segmentation.sam={sam_dir}"])
+
+
+def test_generate_returns_one_mask_per_seg_token_and_saves_overlays(sam_dir, tmp_path):
+    model = _seg_model(sam_dir)
+    seg = model.llm.layout.seg_id
+    assert seg is not None and seg > max(model.llm.layout.placeholder_ids.values())
+    image = tmp_path / "in.png"
+    _image().save(image)
+    real = model.llm.logits
+    calls: list[int] = []
+
+    def writes_two_segs(hidden):  # the answer "<seg> <seg>" (a random tiny LLM would not write it)
+        logits = real(hidden)
+        if len(calls) < 2:
+            logits[..., :] = -1e9
+            logits[..., seg] = 1e9
+        calls.append(1)
+        return logits
+
+    model.llm.logits = writes_two_segs
+    out = model.generate([image, "segment the fox"], modalities=["text"], max_new_tokens=3)
+    assert out.token_ids[:2] == [seg, seg]
+    assert len(out.masks) == 2 and out.masks[0].shape == (40, 50) and out.masks[0].dtype == bool
+    saved = out.save(tmp_path / "out")
+    overlays = [p for p in saved if p.name.startswith("output_mask")]
+    assert len(overlays) == 2 and Image.open(overlays[0]).size == (50, 40)
+    model.llm.logits = real
+    plain = model.generate("no image here", modalities=["text"], max_new_tokens=3)
+    assert seg not in plain.token_ids and plain.masks == []  # <seg> is banned without an input image
+
+
+def test_mask_loss_trains_the_head_through_compute_losses(sam_dir):
+    from nextgpt.stages.modules import select_trainable
+
+    model = _seg_model(sam_dir)
+    seg = model.llm.layout.seg_id
+    assert not any(n.startswith("segmentation.") for n in select_trainable(model, 2))
+    chosen = select_trainable(model, 3)  # (last: it sets requires_grad for the step below)
+    assert any(n.startswith("segmentation.projection.") for n in chosen)
+    assert any(n.startswith("segmentation.sam.mask_decoder.") for n in chosen)
+    assert not any(n.startswith("segmentation.sam.vision_encoder.") for n in chosen)
+    ids = torch.tensor([[1, 40, 41, seg, 42]])
+    target = torch.zeros(1, 40, 50)
+    target[:, 10:30, 10:40] = 1.0
+    inputs = model.segmentation.prepare(_image())
+    model.train()
+    losses = model.compute_losses(ids, torch.ones_like(ids), ids.clone(), [], seg_targets=[(inputs, target)])
+    assert losses["mask_loss"].item() > 0
+    assert losses["loss"].item() == pytest.approx((losses["lm_loss"] + losses["mask_loss"]).item(), rel=1e-5)
+    losses["loss"].backward()
+    decoder = model.segmentation.sam.mask_decoder
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder.parameters())
+    assert model.segmentation.projection[0].weight.grad.abs().sum() > 0
+    with pytest.raises(InputError, match="1 <seg> tokens for 2 target masks"):
+        model.compute_losses(
+            ids, torch.ones_like(ids), ids.clone(), [], seg_targets=[(inputs, target.repeat(2, 1, 1))]
+        )
+
+
+def test_the_seg_head_saves_and_loads_with_the_trainable_state(sam_dir, tmp_path):
+    from nextgpt import NextGPT
+
+    model = _seg_model(sam_dir)
+    with torch.no_grad():
+        model.segmentation.projection[0].weight.add_(0.5)
+    loaded = NextGPT.from_pretrained(model.save_pretrained(tmp_path / "m"))
+    torch.testing.assert_close(
+        loaded.segmentation.projection[0].weight, model.segmentation.projection[0].weight
+    )
+    keys = [k for k in model.trainable_state_dict() if k.startswith("segmentation.")]
+    assert keys and not any("vision_encoder" in k for k in keys)
