@@ -151,11 +151,12 @@ class Row:
             self.finish_reason = reason
             self.pending = [m for m in self.req.forced if m not in self.produced]
 
-    def _pick(self, logits: torch.Tensor) -> int:
+    def _pick(self, logits: torch.Tensor, banned: torch.Tensor | None = None) -> int:
         req = self.req
         if self.seen is not None:
             logits = penalize(logits.float(), self.seen, req.repetition_penalty)
-        banned = self.banned_eos if len(self.tokens) < req.min_new_tokens else self.banned
+        if banned is None:
+            banned = self.banned_eos if len(self.tokens) < req.min_new_tokens else self.banned
         sampling = (req.do_sample, req.temperature, req.top_p, self.generator, req.top_k)
         return int(self.model._pick(logits, banned, sampling))
 
@@ -166,12 +167,7 @@ class Row:
         if self.prompt_task is not None and not self.model.processor.decode(self.prompt_body).strip():
             extra.add(self.layout.tag_ids[self.prompt_task][1])
         more = torch.tensor(sorted(extra), device=self.banned.device, dtype=torch.long)
-        banned = torch.cat([self.banned, more])
-        req = self.req
-        if self.seen is not None:
-            logits = penalize(logits.float(), self.seen, req.repetition_penalty)
-        sampling = (req.do_sample, req.temperature, req.top_p, self.generator, req.top_k)
-        return int(self.model._pick(logits, banned, sampling))
+        return self._pick(logits, torch.cat([self.banned, more]))
 
     def _next(self, logits: torch.Tensor) -> int | None:
         if self.queue:

@@ -238,10 +238,6 @@ def _save_media(task: Task, out: Any, media_dir: Path, sample_id: str) -> str:
     return path.relative_to(media_dir.parent).as_posix()
 
 
-def _run_json(task: Task, args: dict[str, Any]) -> dict[str, Any]:
-    return {"task": task.name, **args}
-
-
 def generate_answers(
     task: Task,
     model: Any,
@@ -516,20 +512,18 @@ def run_task(
     task_dir = Path(out) / task.name
     task_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = model_fingerprint(model)
-    run = _run_json(
-        task,
-        {
-            "data": str(Path(data).resolve()),
-            "media": str(Path(media).resolve()) if media is not None else None,
-            "answers": str(Path(answers).resolve()) if answers is not None else None,
-            "split": split,
-            "pattern": pattern,
-            "model_fingerprint": fingerprint,
-            # the batch size is left out: answers do not depend on it (batched rows equal lone calls),
-            # and a run that ran out of memory resumes with a smaller one
-            "options": {k: v for k, v in options.__dict__.items() if k != "batch_size"},
-        },
-    )
+    run = {
+        "task": task.name,
+        "data": str(Path(data).resolve()),
+        "media": str(Path(media).resolve()) if media is not None else None,
+        "answers": str(Path(answers).resolve()) if answers is not None else None,
+        "split": split,
+        "pattern": pattern,
+        "model_fingerprint": fingerprint,
+        # the batch size is left out: answers do not depend on it (batched rows equal lone calls),
+        # and a run that ran out of memory resumes with a smaller one
+        "options": {k: v for k, v in options.__dict__.items() if k != "batch_size"},
+    }
     run_file = task_dir / "run.json"
     if restart:
         for name in (ANSWERS_FILE, "results.json", "results.md"):

@@ -14,6 +14,7 @@ report scales them as each paper table prints them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import shutil
@@ -36,8 +37,15 @@ def java_version() -> str:
             "caption metrics need Java (pycocoevalcap's PTB tokenizer, METEOR and SPICE run on it): "
             "install a JRE, e.g. Debian's default-jre-headless (make install does when apt-get is there)"
         )
+    return _java_version(java)
+
+
+@functools.lru_cache(maxsize=4)
+def _java_version(java: str) -> str:
+    """``java -version`` of the binary at ``java``, run once per binary (a JVM start is ~0.3 s)."""
     out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
-    return (out.stderr or out.stdout).splitlines()[0].strip() if (out.stderr or out.stdout) else java
+    text = out.stderr or out.stdout
+    return text.splitlines()[0].strip() if text else java
 
 
 def _spice_ready() -> None:
