@@ -447,17 +447,22 @@ def cmd_data_convert(args) -> int:
     """``nextgpt data convert``: convert an upstream JSON format into shards; print the report."""
     from nextgpt.stages.data.convert import convert
 
-    report = convert(args.format, args.input, args.media_dir, args.out, max_per_shard=args.max_per_shard)
+    report = convert(
+        args.format, args.input, args.media_dir, args.out, max_per_shard=args.max_per_shard, split=args.split
+    )
     print(report.summary() if hasattr(report, "summary") else report)
     return 0
 
 
 def _data_convert_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("format", help="cc3m, webvid, audiocap, t2m, mosit, llava, alpaca, videochat, llmbind")
-    p.add_argument("--input", required=True, help="the upstream JSON file")
+    p.add_argument(
+        "format", help="cc3m, webvid, audiocap, t2m, mosit, llava, alpaca, videochat, llmbind, refcoco"
+    )
+    p.add_argument("--input", required=True, help="the upstream JSON file (refcoco: its refs(...).p)")
     p.add_argument("--media-dir", default=None, help="folder holding the media the JSON names")
     p.add_argument("--out", required=True)
     p.add_argument("--max-per-shard", type=int, default=1000)
+    p.add_argument("--split", default=None, help="refcoco: the split to convert (default train; all)")
 
 
 def cmd_data_demo(args) -> int:

@@ -39,6 +39,10 @@ from nextgpt.modality import Modality
 from nextgpt.processor import MediaItem, Processor
 from nextgpt.records import SignalRun, SignalTarget
 
+#: One row's ``<seg>`` targets in :meth:`NextGPT.compute_losses`: ``None``, one ``(SAM inputs, masks
+#: [N, H, W])`` pair, or a list of them (a packed row).
+SegTargets = None | tuple[dict, torch.Tensor] | list[tuple[dict, torch.Tensor]]
+
 logger = logging.getLogger(__name__)
 
 
@@ -289,7 +293,7 @@ class NextGPT(GenerationMixin, nn.Module):
         denoise_weight: float = 1.0,
         generator: torch.Generator | None = None,
         input_idle: torch.Tensor | None = None,
-        seg_targets: Sequence[tuple[dict, torch.Tensor] | None] | None = None,
+        seg_targets: Sequence[SegTargets] | None = None,
         position_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The NExT-GPT training losses for one batch.
@@ -318,8 +322,11 @@ class NextGPT(GenerationMixin, nn.Module):
                 (transformers builds the block-diagonal mask, or the variable-length flash-attention
                 call, from them); the first label of each sample must be ``-100``.
             seg_targets: LLMBind ``<seg>`` training, per row ``(SAM inputs of its image, target masks
-                [N, H, W])`` (``None``: no mask in that row); the row's ``N`` ``<seg>`` tokens prompt the
-                masks, whose loss (``mask_loss``) is added with ``model.segmentation.loss_weight``.
+                [N, H, W])``, a list of them for a packed row (its samples' in order), or ``None``: no
+                mask in that row. The row's ``<seg>`` tokens prompt the masks in order; the loss
+                (``mask_loss``) is added with ``model.segmentation.loss_weight``. In training mode a
+                batch without masks adds the head's zero :meth:`~nextgpt.segmentation.
+                SegmentationHead.idle` instead, so that DDP sees every trained tensor.
 
         Returns:
             ``loss`` (weighted total), ``lm_loss`` (next-token cross-entropy on labelled positions),
@@ -351,7 +358,8 @@ class NextGPT(GenerationMixin, nn.Module):
             losses["moe_aux_loss"] = moe_aux
             total = total + self.config.model.llm.moe.aux_weight * moe_aux
         if seg_targets is not None:
-            mask = self._seg_loss(input_ids, out.hidden, seg_targets)
+            mask, seg_idle = self._seg_loss(input_ids, out.hidden, seg_targets)
+            total = total + seg_idle
             if mask is not None:
                 losses["mask_loss"] = mask
                 total = total + self.config.model.segmentation.loss_weight * mask
@@ -446,10 +454,12 @@ class NextGPT(GenerationMixin, nn.Module):
         self,
         input_ids: torch.Tensor,
         hidden: torch.Tensor,
-        seg_targets: Sequence[tuple[dict, torch.Tensor] | None],
-    ) -> torch.Tensor | None:
-        """LLMBind's mask loss: each row's ``<seg>`` hidden states through the SAM head against the
-        row's target masks ``[N, H, W]`` (``(SAM inputs, masks)`` per row, ``None``: no image)."""
+        seg_targets: Sequence[SegTargets],
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """LLMBind's mask loss: each row's ``<seg>`` hidden states through the SAM head against its
+        target masks. A row's entry is ``None``, one ``(SAM inputs, masks [N, H, W])`` or a list of them
+        (a packed row: its samples' in order), whose masks take the row's ``<seg>`` tokens in order.
+        Returns ``(the mean mask loss over images, or None without any; the head's idle zero)``."""
         from nextgpt.segmentation import mask_loss
 
         if self.segmentation is None or self.llm.layout.seg_id is None:
@@ -459,17 +469,32 @@ class NextGPT(GenerationMixin, nn.Module):
         cfg = self.config.model.segmentation
         terms = []
         for b, entry in enumerate(seg_targets):
-            if entry is None:
+            entries = [] if entry is None else [entry] if isinstance(entry, tuple) else list(entry)
+            if not entries:
                 continue
-            inputs, masks = entry
             positions = (input_ids[b] == self.llm.layout.seg_id).nonzero().flatten()
-            if len(positions) != masks.shape[0]:
-                raise InputError(f"row {b}: {len(positions)} <seg> tokens for {masks.shape[0]} target masks")
-            logits = self.segmentation(hidden[b, positions].float(), inputs)
-            terms.append(
-                mask_loss(logits, masks, bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight)["mask_loss"]
-            )
-        return torch.stack(terms).mean() if terms else None
+            wanted = sum(int(masks.shape[0]) for _, masks in entries)
+            if len(positions) != wanted:
+                raise InputError(f"row {b}: {len(positions)} <seg> tokens for {wanted} target masks")
+            start = 0
+            for inputs, masks in entries:
+                at = positions[start : start + masks.shape[0]]
+                start += masks.shape[0]
+                logits = self.segmentation(hidden[b, at].float(), inputs)
+                terms.append(
+                    mask_loss(
+                        logits,
+                        masks.to(logits.device),
+                        bce_weight=cfg.bce_weight,
+                        dice_weight=cfg.dice_weight,
+                    )["mask_loss"]
+                )
+        idle = (
+            self.segmentation.idle()
+            if self.training and not terms
+            else hidden.new_zeros((), dtype=torch.float32)
+        )
+        return (torch.stack(terms).mean() if terms else None), idle
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Every parameter training may change: projectors, LoRA, added token rows (and, with the

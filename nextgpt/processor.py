@@ -204,8 +204,10 @@ class Processor:
         added |= {PLACEHOLDER[m] for m in PLACEHOLDER} | set(WRAPPERS)
         self._reserved = sorted((t for t in added if t), key=len, reverse=True)
         self._reserved_re = re.compile("|".join(re.escape(t) for t in self._reserved))
-        # LLMBind task tags are outputs: an assistant turn (training targets) may hold them
+        # LLMBind task tags and <seg> are outputs: an assistant turn (training targets) may hold them
         tags = {t for pair in layout.tag_ids.values() for t in tokenizer.convert_ids_to_tokens(list(pair))}
+        if layout.seg_id is not None:
+            tags.add(tokenizer.convert_ids_to_tokens(layout.seg_id))
         reply_reserved = [t for t in self._reserved if t not in tags]
         self._reply_reserved_re = (
             re.compile("|".join(re.escape(t) for t in reply_reserved)) if reply_reserved else None

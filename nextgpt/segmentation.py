@@ -33,6 +33,24 @@ from nextgpt.errors import ConfigError, InputError
 
 DICE_SMOOTH = 1e-3
 
+#: Parameters of the head that train (names relative to the head): the MLP and SAM's mask decoder,
+#: less the parts no loss reaches with one mask per prompt (``multimask_output=False``): the IoU head
+#: and the hypernetwork MLPs of the three multimask tokens. Training them would only decay them, and
+#: DDP without ``find_unused_parameters`` needs every trainable tensor in the graph.
+_TRAINED = ("projection.", "sam.mask_decoder.")
+_UNREACHED = ("sam.mask_decoder.iou_prediction_head.", "sam.mask_decoder.output_hypernetworks_mlps.")
+
+
+def trains(name: str) -> bool:
+    """Whether the head's parameter ``name`` (relative to the head) is trained in stage 3."""
+    if not name.startswith(_TRAINED):
+        return False
+    if name.startswith(_UNREACHED[0]):
+        return False
+    if name.startswith(_UNREACHED[1]):
+        return name.startswith(_UNREACHED[1] + "0.")  # the single-mask token's MLP
+    return True
+
 
 def mask_bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean over masks of the per-pixel binary cross-entropy of mask ``logits [N, H, W]``."""
@@ -68,6 +86,15 @@ def _check_masks(logits: torch.Tensor, targets: torch.Tensor) -> None:
         )
 
 
+def prepare_image(processor: Any, image: Any) -> dict[str, torch.Tensor]:
+    """SAM's inputs for one PIL / uint8 image through its ``SamImageProcessor``.
+
+    ``pixel_values [1, 3, S, S]`` and the ``original_sizes`` / ``reshaped_input_sizes`` that
+    post-processing needs. The training collator calls this in its workers with the processor alone.
+    """
+    return dict(processor(images=image, return_tensors="pt"))
+
+
 class SegmentationHead(nn.Module):
     """``<seg>`` hidden states of one image -> one mask each, through a frozen-encoder SAM.
 
@@ -85,8 +112,8 @@ class SegmentationHead(nn.Module):
         self.projection = nn.Sequential(
             nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, dim)
         )
-        sam.requires_grad_(False)
-        sam.mask_decoder.requires_grad_(True)
+        for name, param in self.named_parameters():
+            param.requires_grad_(trains(name))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, hidden_size: int) -> SegmentationHead:
@@ -106,8 +133,8 @@ class SegmentationHead(nn.Module):
         return cls(sam, processor, hidden_size)
 
     def prepare(self, image: Any) -> dict[str, torch.Tensor]:
-        """SAM's inputs for one PIL / uint8 image: ``pixel_values`` and the sizes for post-processing."""
-        return dict(self.processor(images=image, return_tensors="pt"))
+        """SAM's inputs for one PIL / uint8 image (:func:`prepare_image`)."""
+        return prepare_image(self.processor, image)
 
     def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The frozen vision encoder's embedding ``[1, D, h, w]`` of one prepared image."""
@@ -145,6 +172,25 @@ class SegmentationHead(nn.Module):
             low_res, inputs["original_sizes"], inputs["reshaped_input_sizes"], binarize=False
         )[0]  # [N, 1, H_img, W_img]
         return masks[:, 0]
+
+    def idle(self) -> torch.Tensor:
+        """Zero, from one pass of the trained parts on a zero prompt and image embedding: added to a
+        loss without masks so that every trained tensor is in the graph (DDP, as the model's idle
+        projector calls)."""
+        weight = self.projection[0].weight
+        sparse = self.projection(weight.new_zeros(1, weight.shape[1]))[None, :, None, :]
+        size = self.sam.prompt_encoder.image_embedding_size
+        width = self.sam.config.mask_decoder_config.hidden_size
+        embedding = weight.new_zeros(1, width, size[0], size[1])
+        dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *size)
+        low_res, _ = self.sam.mask_decoder(
+            image_embeddings=embedding,
+            image_positional_embeddings=self.sam.get_image_wide_positional_embeddings(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        return 0.0 * low_res.float().sum()
 
     def trainable_parameters(self) -> Sequence[nn.Parameter]:
         """The MLP and the mask decoder (what trains)."""

@@ -32,12 +32,14 @@ import heapq
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from nextgpt.errors import InputError
 from nextgpt.modality import Modality
 from nextgpt.model import SignalTarget
 from nextgpt.processor import IGNORE_INDEX, Encoded, Processor
+from nextgpt.segmentation import prepare_image
 from nextgpt.stages.data.schema import DroppedSample
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,9 @@ class Batch:
             order: its modality, the caption whose decoder conditioning is the alignment target, that
             conditioning when the caption cache holds it (else ``None``: computed online), and the
             decoded target media (denoising loss) or ``None``.
+        seg_targets: per row, the ``<seg>`` targets of its samples in order (LLMBind masks): ``(SAM
+            inputs of the image, target masks [N, H, W])`` per sample with masks; empty lists when none
+            (or the model has no segmentation).
         num_samples: samples this batch stands for (rows + dropped; padding not counted).
         drops: dropped samples by reason.
         skipped_keys: keys of the dropped samples.
@@ -80,6 +85,7 @@ class Batch:
     features: dict[Modality, torch.Tensor] | None
     outputs: list[list[SignalTarget]]
     position_ids: torch.Tensor | None = None
+    seg_targets: list[list[tuple[dict, torch.Tensor]]] = field(default_factory=list)
     num_samples: int = 0
     drops: dict[str, int] = field(default_factory=dict)
     skipped_keys: list[str] = field(default_factory=list)
@@ -96,6 +102,7 @@ class Batch:
         features: dict[Modality, torch.Tensor] | None,
         outputs: list[list[SignalTarget]] | None = None,
         position_ids: torch.Tensor | None = None,
+        seg_targets: list[list[tuple[dict, torch.Tensor]]] | None = None,
         num_samples: int = 0,
         drops: dict[str, int] | None = None,
         skipped_keys: list[str] | None = None,
@@ -112,6 +119,9 @@ class Batch:
         self.features = features
         self.outputs = [list(row) for row in outputs]
         self.position_ids = position_ids
+        self.seg_targets = (
+            [list(row) for row in seg_targets] if seg_targets is not None else [[] for _ in outputs]
+        )
         self.num_samples = num_samples
         self.drops = dict(drops or {})
         self.skipped_keys = list(skipped_keys or [])
@@ -181,7 +191,11 @@ class Batch:
         names = ("input_ids", "attention_mask", "labels", "position_ids", "media", "features")
         moved = {name: move(getattr(self, name)) for name in names}
         outputs = [[t.to(device) for t in row] for row in self.outputs]
-        return dataclasses.replace(self, **moved, outputs=outputs)
+        seg = [
+            [({**inputs, "pixel_values": move(inputs["pixel_values"])}, move(masks)) for inputs, masks in row]
+            for row in self.seg_targets
+        ]  # the sizes stay on the host: SAM's post-processing reads them as numbers
+        return dataclasses.replace(self, **moved, outputs=outputs, seg_targets=seg)
 
 
 class _Drop(Exception):
@@ -287,6 +301,10 @@ class Collator:
         pack_length: tokens per packed row (default ``max_length``). With flash attention a longer
             row costs nothing extra; SDPA and eager attention compute the whole block-diagonal
             ``pack_length``-square mask, so on those a shorter row can be faster.
+        seg_processor: the model's ``SamImageProcessor`` (``model.segmentation.processor``) when it
+            has LLMBind segmentation: a sample's target masks then become ``Batch.seg_targets``, one
+            per ``<seg>`` token kept after truncation. Without it, masks are not read (a warning says
+            so once) and ``<seg>`` is plain text.
     """
 
     def __init__(
@@ -300,6 +318,7 @@ class Collator:
         overlength: str = "truncate",
         packing: bool = False,
         pack_length: int | None = None,
+        seg_processor=None,
     ):
         if overlength not in OVERLENGTH:
             raise InputError(f"unknown overlength policy {overlength!r}; valid: {', '.join(OVERLENGTH)}")
@@ -313,6 +332,10 @@ class Collator:
         self.feature_cache = feature_cache
         self.caption_cache = caption_cache
         self.overlength = overlength
+        self.seg_processor = seg_processor
+        if seg_processor is not None and processor.layout.seg_id is None:
+            raise InputError("seg_processor given, but the processor's token layout has no <seg> token")
+        self._warned_masks = False
 
     def length(self, sample) -> int:
         """Tokens ``sample`` takes in a batch (its encoding, at most ``max_length``); 0 for a dropped
@@ -373,7 +396,32 @@ class Collator:
             ]
         except InputError as exc:
             raise _Drop("template", str(exc)) from None
-        return sample, enc, items, outputs
+        return sample, enc, items, outputs, self._seg_target(sample, enc)
+
+    def _seg_target(self, sample, enc: Encoded) -> tuple[dict, torch.Tensor] | None:
+        """``(SAM inputs, masks)`` for the ``<seg>`` tokens ``enc`` keeps, or ``None``."""
+        masks = getattr(sample, "masks", None)
+        if not masks:
+            return None
+        if self.seg_processor is None:
+            if not self._warned_masks:
+                logger.warning(
+                    "sample %s has target masks but the model has no segmentation (model.segmentation.sam):"
+                    " masks are not trained",
+                    sample.key,
+                )
+                self._warned_masks = True
+            return None
+        kept = int((enc.input_ids == self.processor.layout.seg_id).sum())
+        if kept > len(masks):
+            raise _Drop("template", f"{kept} <seg> tokens but {len(masks)} target masks")
+        if kept == 0:  # truncation cut every <seg>
+            return None
+        try:
+            inputs = prepare_image(self.seg_processor, sample.mask_image)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise _Drop("preprocess", f"segmentation image: {exc}") from None
+        return inputs, torch.from_numpy(np.stack(masks[:kept])).float()
 
     def __call__(self, samples) -> Batch:
         """Collate the usable ``samples`` into one padded :class:`Batch`; dropped and unusable ones are
@@ -397,6 +445,7 @@ class Collator:
         if not rows:
             return Batch.empty(self.pad_id, num_samples=seen, drops=drops, skipped_keys=skipped_keys)
         lengths = [enc.input_ids.numel() for _, enc, *_ in rows]
+        seg_targets: list[list[tuple[dict, torch.Tensor]]] = []
         layout = pack_rows(lengths, self.pack_length) if self.packing else [[i] for i in range(len(rows))]
         L = max(sum(lengths[i] for i in row) for row in layout)
         B = len(layout)
@@ -409,9 +458,11 @@ class Collator:
         keys: list[str] = []
         outputs: list[list[SignalTarget]] = []
         for b, row in enumerate(layout):
-            start, row_outputs = 0, []
+            start, row_outputs, row_seg = 0, [], []
             for i in row:  # media, slots and outputs in placeholder order over the batch (row-major)
-                sample, enc, items, sample_outputs = rows[i]
+                sample, enc, items, sample_outputs, seg = rows[i]
+                if seg is not None:
+                    row_seg.append(seg)
                 n = lengths[i]
                 input_ids[b, start : start + n] = enc.input_ids
                 attention_mask[b, start : start + n] = 1
@@ -428,6 +479,7 @@ class Collator:
             if position_ids is not None:  # the padding after the row's samples: a segment of its own
                 position_ids[b, start:] = torch.arange(L - start)
             outputs.append(row_outputs)
+            seg_targets.append(row_seg)
         stacked = {m: torch.stack(ts) for m, ts in per_mod.items()}
         cached = self.feature_cache is not None
         return Batch(
@@ -440,6 +492,7 @@ class Collator:
             features=stacked if cached else None,
             outputs=outputs,
             position_ids=position_ids,
+            seg_targets=seg_targets,
             num_samples=seen,
             drops=drops,
             skipped_keys=skipped_keys,

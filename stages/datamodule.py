@@ -163,6 +163,8 @@ class NextGPTDataModule(L.LightningDataModule):
         processor: the model's processor.
         data_dir: folder of shards (default ``config.training.data_dir``).
         feature_cache / caption_cache: optional caches (see :mod:`nextgpt.stages.cache`).
+        seg_processor: the model's SAM image processor when it has LLMBind segmentation
+            (``model.segmentation.processor``): samples' target masks then train ``<seg>``.
     """
 
     def __init__(
@@ -175,6 +177,7 @@ class NextGPTDataModule(L.LightningDataModule):
         feature_cache=None,
         caption_cache=None,
         shuffle: int | None = None,
+        seg_processor=None,
     ) -> None:
         super().__init__()
         from nextgpt.config import resolve_path
@@ -191,6 +194,7 @@ class NextGPTDataModule(L.LightningDataModule):
         self.data_dir = Path(root)
         self.feature_cache = feature_cache
         self.caption_cache = caption_cache
+        self.seg_processor = seg_processor
         self.shuffle = config.training.shuffle_buffer if shuffle is None else int(shuffle)
         self.dataset = None
 
@@ -234,7 +238,7 @@ class NextGPTDataModule(L.LightningDataModule):
 
     def collator(self) -> Collator:
         """The :class:`Collator` for this stage: its max length, the tokenizer's pad id (else EOS, else
-        0), the feature caches and ``training.overlength``."""
+        0), the feature caches, ``training.overlength``, packing and the SAM processor."""
         tok = self.processor.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         return Collator(
@@ -246,6 +250,7 @@ class NextGPTDataModule(L.LightningDataModule):
             overlength=self.config.training.overlength,
             packing=self.stage_cfg.packing,
             pack_length=self.stage_cfg.pack_length,
+            seg_processor=self.seg_processor,
         )
 
     def train_dataloader(self):

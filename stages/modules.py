@@ -52,6 +52,7 @@ import torch
 
 from nextgpt.config import NextGPTConfig
 from nextgpt.errors import CheckpointError, ConfigError, InputError, UnsafeCheckpointError
+from nextgpt.segmentation import trains as seg_trains
 from nextgpt.stages.data.schema import DROP_REASONS
 
 if TYPE_CHECKING:
@@ -88,8 +89,8 @@ def select_trainable(model, stage: int) -> dict[str, torch.nn.Parameter]:
             take = "input_projector" in groups
         elif name.startswith("output_projectors."):
             take = "output_projectors" in groups
-        elif name.startswith(("segmentation.projection.", "segmentation.sam.mask_decoder.")):
-            take = "segmentation" in groups  # LLMBind <seg>: the MLP and SAM's mask decoder
+        elif name.startswith("segmentation."):  # LLMBind <seg>: the MLP and SAM's mask decoder
+            take = "segmentation" in groups and seg_trains(name.removeprefix("segmentation."))
         elif name.startswith("llm.") and (tensor := llm_trainable.get(name.removeprefix("llm."))) is not None:
             if tensor.kind == "lora":
                 take = "lora" in groups
@@ -184,7 +185,19 @@ class StageModule(L.LightningModule):
             denoise_weight=training.denoising_loss_weight,
             input_idle=idle,
             position_ids=batch.position_ids,
+            seg_targets=batch.seg_targets if self.trains_segmentation else None,
         )
+
+    @property
+    def trains_segmentation(self) -> bool:
+        """The model has LLMBind segmentation and this stage trains it (its masks are losses)."""
+        return self.model.segmentation is not None and "segmentation" in TRAINABLE[self.stage]
+
+    @property
+    def seg_processor(self):
+        """The SAM image processor the collator prepares mask images with, when the stage trains
+        segmentation; else ``None`` (masks are not read)."""
+        return self.model.segmentation.processor if self.trains_segmentation else None
 
     def signal_targets(self, batch) -> list[list[SignalTarget]]:
         """The batch's signal targets as :meth:`~nextgpt.NextGPT.compute_losses` takes them: each

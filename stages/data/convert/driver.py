@@ -24,6 +24,7 @@ from .llava import _llava
 from .llmbind import _llmbind
 from .mosit import _mosit
 from .pairs import _pair_builder
+from .refcoco import _refcoco, load_refcoco
 from .t2m import _t2m
 from .videochat import _videochat
 
@@ -80,7 +81,10 @@ _BUILDERS: dict[str, Callable] = {
     "alpaca": _alpaca,
     "videochat": _videochat,
     "llmbind": _llmbind,
+    "refcoco": _refcoco,
 }
+#: Formats whose input is not one JSON list of records: their reader (path, split) -> records.
+_READERS: dict[str, Callable] = {"refcoco": load_refcoco}
 #: Supported upstream formats.
 FORMATS: tuple[str, ...] = tuple(_BUILDERS)
 
@@ -123,6 +127,7 @@ def convert(
     num_workers: int = 1,
     overwrite: bool = False,
     max_examples: int = 10,
+    split: str | None = None,
 ) -> ConvertReport:
     """Convert an upstream data file to shards ``out_dir/<prefix>-000000.tar, ...``.
 
@@ -139,6 +144,7 @@ def convert(
         num_workers: threads reading and verifying media (output order does not depend on it).
         overwrite: replace existing ``<prefix>-*.tar`` in ``out_dir``.
         max_examples: example ids kept per problem.
+        split: the split to convert, for formats that hold several (``refcoco``: default ``train``).
 
     Raises:
         ConfigError: unknown format. InputError: missing or unparsable input file, existing shards.
@@ -148,7 +154,9 @@ def convert(
         raise ConfigError(f"unknown data format {format!r}; valid: {', '.join(FORMATS)}")
     start = time.perf_counter()
     input_path = Path(input_path)
-    items = _load_records(input_path)
+    if split is not None and fmt not in _READERS:
+        raise ConfigError(f"format {fmt!r} has no splits; --split applies to: {', '.join(_READERS)}")
+    items = _READERS[fmt](input_path, split) if fmt in _READERS else _load_records(input_path)
     media_root = Path(media_dir) if media_dir is not None else input_path.parent
     if media_dir is not None and not media_root.is_dir():
         raise InputError(f"media folder not found: '{media_root}'")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from nextgpt.errors import InputError
 from nextgpt.mediaio.audio import decode_audio
-from nextgpt.mediaio.image import DEFAULT_MAX_IMAGE_PIXELS, decode_image
+from nextgpt.mediaio.image import DEFAULT_MAX_IMAGE_PIXELS, decode_image, decode_mask
 from nextgpt.mediaio.video import decode_video
 from nextgpt.modality import Modality
 from nextgpt.processor import MediaItem, Turn
@@ -26,6 +26,7 @@ from ..schema import (
     pair_turns,
     parse_conversation,
     parse_json_member,
+    parse_masks,
 )
 
 #: Images with more pixels than this are refused: the library's one image limit
@@ -145,4 +146,24 @@ def decode_sample(
                 captions.append(clean_caption(cap) if clean_output_captions else cap)
                 names.append(p.name)
         turns.append(Turn(spec.role, parts))
-    return Sample(key, CONVERSATION, turns, captions, id=sid, source=source, url=url, output_names=names)
+    mask_fields, mask_image = parse_masks(meta, specs, set(fields))
+    masks, image = [], None
+    if mask_fields:
+        image = decoded[mask_image]
+        for fld in mask_fields:
+            try:
+                masks.append(decode_mask(fields[fld], image.size, name=f"mask member {fld!r}"))
+            except InputError as exc:
+                raise BadSample(str(exc)) from None
+    return Sample(
+        key,
+        CONVERSATION,
+        turns,
+        captions,
+        id=sid,
+        source=source,
+        url=url,
+        output_names=names,
+        masks=masks,
+        mask_image=image,
+    )
