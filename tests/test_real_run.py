@@ -285,7 +285,7 @@ def test_collator_counts_every_drop_by_reason(tiny: NextGPT) -> None:
 def test_missing_dataset_is_an_error(tmp_path: Path, demo_data: Path) -> None:
     from nextgpt.stages.datamodule import stage_shards
 
-    with pytest.raises(ConfigError, match=r"'webvid'.*folders there: conversations, pairs"):
+    with pytest.raises(ConfigError, match=r"'webvid'.*folders there: conversations, llmbind, pairs"):
         stage_shards(demo_data, 1, ["pairs", "webvid"])
     assert len(stage_shards(demo_data, 1, ["pairs"])) == 3
 
