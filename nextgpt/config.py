@@ -99,7 +99,9 @@ __all__ = [
 
 Dtype = Literal["float32", "float16", "bfloat16"]
 EncoderKind = Literal["imagebind"]
-InputProjectorKind = Literal["linear", "grouping"]
+InputProjectorKind = Literal["linear", "grouping", "bind"]
+#: ImageBind-LLM bind network norm: RMSNorm (the paper), or LayerNorm (the code's "legacy bridge").
+BindNorm = Literal["rms", "layer"]
 LLMKind = Literal["llama", "qwen2", "mistral", "gemma", "auto"]
 #: ``vicuna_v1``: Vicuna v1.1+/v1.5 plain-text format (system line, ``USER: ... ASSISTANT: ...``);
 #: ``vicuna_v0``: the legacy ``### Human: ... ### Assistant:`` format of the released weights;
@@ -285,6 +287,27 @@ class GroupingConfig(Node):
 
 
 @dataclass(kw_only=True)
+class BindConfig(Node):
+    """ImageBind-LLM's bind network and injection (:mod:`nextgpt.projectors.bind`).
+
+    The pooled ImageBind embedding goes through ``Linear(in_dim -> H)`` and ``num_blocks`` residual
+    blocks ``F + (norm(F) W2 * SiLU(norm(F) W1)) W3`` (hidden ``hidden_mult * H``); the result is added
+    to every token at the input of every LLM layer, times ``tanh(gate)`` per layer and head (the gates
+    start at zero: the LLM starts unchanged). No placeholder tokens enter the prompt.
+    """
+
+    num_blocks: int = 3
+    hidden_mult: int = 4
+    norm: BindNorm = "rms"
+    #: Weights of a row's media items when several are combined before the bind network (embedding
+    #: arithmetic): ``equal`` (each ``1/n``) or ``sum``. ``generate(modality_weights=...)`` overrides.
+    combine: Literal["equal", "sum"] = "equal"
+
+    def _validate(self) -> None:
+        positive(self, "num_blocks", "hidden_mult")
+
+
+@dataclass(kw_only=True)
 class InputProjectorConfig(Node):
     """Encoder embedding(s) -> LLM input tokens.
 
@@ -296,6 +319,8 @@ class InputProjectorConfig(Node):
     kind: InputProjectorKind = "grouping"
     #: Used when ``kind == "grouping"``.
     grouping: GroupingConfig = field(default_factory=GroupingConfig)
+    #: Used when ``kind == "bind"`` (ImageBind-LLM).
+    bind: BindConfig = field(default_factory=BindConfig)
     #: Legacy: several items of one modality in one segment are summed into one item.
     sum_items: bool = False
     in_dim: int | None = field(init=False, default=None, compare=False, repr=False)
@@ -307,11 +332,15 @@ class InputProjectorConfig(Node):
         data = super().to_dict()
         if self.kind != "grouping" and self.grouping == GroupingConfig():
             del data["grouping"]  # unused and default: keep saved legacy configs short
+        if self.kind != "bind" and self.bind == BindConfig():
+            del data["bind"]
         return data
 
     @property
     def tokens_per_item(self) -> int:
-        """LLM tokens each media item becomes."""
+        """LLM tokens each media item becomes (``bind``: none, its embedding is injected instead)."""
+        if self.kind == "bind":
+            return 0
         return 1 if self.kind == "linear" else self.grouping.tokens_per_item
 
     @property
@@ -883,8 +912,23 @@ class StageConfig(Node):
     datasets: list[str] = field(default_factory=list)
     #: Multipliers of each modality's signal-alignment loss in this stage (missing = 1.0).
     alignment_weights: dict[Modality, float] = field(default_factory=dict)
+    #: What this stage trains, as groups of ``nextgpt.stages.modules.TRAINABLE_GROUPS``; ``None``: the
+    #: stage's NExT-GPT set (``TRAINABLE``). ImageBind-LLM's instruction tuning: ``[lora, norms]``.
+    trains: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """As :meth:`~nextgpt.config_engine.Node.to_dict`, without ``trains`` when it is ``None``."""
+        data = super().to_dict()
+        if self.trains is None:
+            del data["trains"]
+        return data
 
     def _validate(self) -> None:
+        if self.trains is not None:
+            groups = ("input_projector", "output_projectors", "token_rows", "token_rows_if_full", "lora")
+            groups += ("segmentation", "norms")
+            bad = [g for g in self.trains if g not in groups]
+            check(not bad, "trains", f"unknown groups {bad}; valid: {', '.join(groups)}")
         positive(self, "lr", "eps", "epochs", "batch_size", "max_length")
         if self.pack_length is not None:
             positive(self, "pack_length")

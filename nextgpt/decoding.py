@@ -266,8 +266,12 @@ def decode_rows(
     rows: Sequence[Row],
     on_run: Callable[[Row, int, SignalRun], None] | None = None,
     on_end: Callable[[Row], None] | None = None,
+    *,
+    injection: torch.Tensor | None = None,
 ) -> None:
-    """Decode every row to its end. ``prompts[b]``: row ``b``'s prompt embeddings ``[L_b, H]``.
+    """Decode every row to its end. ``prompts[b]``: row ``b``'s prompt embeddings ``[L_b, H]``;
+    ``injection [B, 1, H]``: row ``b``'s ImageBind-LLM feature, added to every layer's input at each
+    of its tokens (it follows the row as ended rows leave the batch).
 
     ``on_run(row, index, run)`` is called as soon as a row completes a signal run (media can start
     decoding while the text goes on); ``on_end(row)`` as soon as a row has ended (its answer can be
@@ -286,7 +290,7 @@ def decode_rows(
             mask[b, width - n :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         next_pos = torch.tensor(lengths, device=device).unsqueeze(1)
-    out = model.llm(embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+    out = model.llm(embeds, attention_mask=mask, position_ids=positions, use_cache=True, injection=injection)
     past, logits = out.past_key_values, out.logits[:, -1]
     live = list(range(len(rows)))  # batch position -> row
     while True:
@@ -311,6 +315,8 @@ def decode_rows(
             if padded:
                 assert mask is not None and next_pos is not None
                 mask, next_pos = mask[index], next_pos[index]
+            if injection is not None:
+                injection = injection[index]
             live = [live[pos] for pos in keep]
         ids = torch.tensor([[feed[pos]] for pos in keep], device=device)
         emb = model.llm.embed(ids)  # (B', 1, H)
@@ -318,7 +324,14 @@ def decode_rows(
             assert mask is not None and next_pos is not None
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
             positions, next_pos = next_pos, next_pos + 1
-        o = model.llm(emb, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
+        o = model.llm(
+            emb,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=past,
+            use_cache=True,
+            injection=injection,
+        )
         past, logits = o.past_key_values, o.logits[:, -1]
         states = o.hidden[:, -1] + emb[:, -1]  # (B', H)
         seg_id = model.llm.layout.seg_id

@@ -103,6 +103,8 @@ class GenerationRequest:
     progress: Callable[[ProgressEvent], object] | None
     #: the call's diffusion options (steps, guidance, sizes) for task-prompt pipelines (LLMBind)
     prompt_options: dict[str, Any] = field(default_factory=dict)
+    #: ImageBind-LLM embedding arithmetic: one weight per input media item (``None``: the config's rule)
+    media_weights: list[float] | None = None
     _cancelled: threading.Event = field(default_factory=threading.Event, init=False)
 
     def cancel(self) -> None:
@@ -192,6 +194,7 @@ class GenerationMixin:
         width: int | None = None,
         num_frames: int | None = None,
         audio_length_in_s: float | None = None,
+        modality_weights: Sequence[float] | None = None,
         progress: bool | Callable[[ProgressEvent], object] = False,
     ) -> GenerationOutput:
         """Answer ``inputs`` in text and/or media.
@@ -237,6 +240,9 @@ class GenerationMixin:
             width: image/video width, a multiple of 8 in ``[8, 2048]``.
             num_frames: video frames, in ``[1, 256]``.
             audio_length_in_s: audio length in seconds, in ``[0.05, 60]``.
+            modality_weights: ImageBind-LLM embedding arithmetic (``input_projector.kind: bind``): one
+                weight per input media item, in order; their ImageBind embeddings are summed with
+                these weights before the bind network (e.g. ``[0.5, 0.5]`` for a sound and a picture).
             progress: ``False`` (default): no reports; ``True``: log each diffusion step at INFO on
                 the ``nextgpt.model`` logger (``"<modality> diffusion step <k>/<n>"``); a callable:
                 ``progress(event)`` with a :class:`~nextgpt.outputs.ProgressEvent` when the LLM
@@ -268,6 +274,7 @@ class GenerationMixin:
             width=width,
             num_frames=num_frames,
             audio_length_in_s=audio_length_in_s,
+            modality_weights=modality_weights,
             progress=progress,
         )
         return self.run_requests([request])[0]
@@ -423,6 +430,7 @@ class GenerationMixin:
         width: int | None = None,
         num_frames: int | None = None,
         audio_length_in_s: float | None = None,
+        modality_weights: Sequence[float] | None = None,
         progress: bool | Callable[[ProgressEvent], object] = False,
     ) -> GenerationRequest:
         """Check ``generate``'s arguments and tokenize the conversation: a request that
@@ -472,7 +480,29 @@ class GenerationMixin:
             negatives=self._negatives(negative_prompt, negative_conditioning),
             progress=_progress_reporter(check.check_progress(progress)),
             prompt_options={k: v for k, v in common.items() if v is not None},
+            media_weights=self._media_weights(modality_weights, enc.slots),
         )
+
+    def _media_weights(self, weights: Sequence[float] | None, slots: list) -> list[float] | None:
+        """``modality_weights`` checked: one finite float per input media item, in order, for a model
+        whose input path combines them (``input_projector.kind: bind``)."""
+        if weights is None:
+            return None
+        from nextgpt import validate as check
+
+        if self.config.model.input_projector.kind != "bind":
+            raise InputError(
+                "modality_weights needs an input path that combines embeddings (input_projector.kind: bind)"
+            )
+        if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
+            raise InputError(f"modality_weights must be a list of numbers, got {type(weights).__name__}")
+        n = sum(len(slot) for slot in slots)
+        if len(weights) != n:
+            raise InputError(f"modality_weights has {len(weights)} weights for {n} input media items")
+        return [
+            check.check_real(f"modality_weights[{i}]", w, low=-100.0, high=100.0)
+            for i, w in enumerate(weights)
+        ]
 
     def _media_key(self, value: object, what: str) -> Modality:
         """A per-modality mapping's key as a media modality this model produces."""
@@ -609,11 +639,16 @@ class GenerationMixin:
             rows = [
                 Row(self, req, sink, b) for b, (req, sink) in enumerate(zip(requests, sink_list, strict=True))
             ]
-            prompts = []
+            prompts, bound = [], []
             for row in rows:
                 ids = row.req.input_ids.unsqueeze(0).to(self.device)  # (1, L)
-                prompts.append(self.embed_inputs(ids, self.encode_media(row.req.slots))[0])  # (L, H)
+                if self.is_bind:  # ImageBind-LLM: no media tokens, one feature injected per row
+                    prompts.append(self.llm.embed(ids)[0])
+                    bound.append(self.bind_row(row.req.slots, row.req.media_weights))
+                else:
+                    prompts.append(self.embed_inputs(ids, self.encode_media(row.req.slots))[0])  # (L, H)
                 self._report(row, ProgressEvent("text", row=row.row))
+            injection = torch.stack(bound).unsqueeze(1) if bound else None  # (B, 1, H)
             rendered: dict[tuple[int, int], list] = {}
             finished: dict[int, GenerationOutput] = {}
 
@@ -630,7 +665,7 @@ class GenerationMixin:
                     def on_run(row: Row, index: int, run: SignalRun) -> None:
                         futures.append(worker.submit(self._render_in_worker, [(row, index, run)], rendered))
 
-                decode_rows(self, prompts, rows, on_run, on_end)
+                decode_rows(self, prompts, rows, on_run, on_end, injection=injection)
                 for future in futures:
                     future.result()
             finally:

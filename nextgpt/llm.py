@@ -28,7 +28,7 @@ from torch import nn
 
 from nextgpt.config import LLMConfig, TrainableEmbeddings, resolve_path
 from nextgpt.dtypes import torch_dtype
-from nextgpt.errors import CheckpointError, ConfigError
+from nextgpt.errors import CheckpointError, ConfigError, InputError
 from nextgpt.modality import Modality
 from nextgpt.tokens import TokenLayout, added_token_strings
 
@@ -215,6 +215,13 @@ def _gguf_converted(gguf: Path) -> Path:
     return target
 
 
+def is_norm_parameter(name: str) -> bool:
+    """Whether the LLM parameter ``name`` is a normalisation weight (``...input_layernorm.weight``,
+    ``...norm.weight``): what ImageBind-LLM's bias-norm tuning trains (``trains: [norms]``)."""
+    parts = name.split(".")
+    return len(parts) >= 2 and "norm" in parts[-2]
+
+
 def _decoder_layers(causal) -> nn.ModuleList:
     stack = causal.base_model
     for name in ("layers", "h", "blocks"):
@@ -306,6 +313,9 @@ class LanguageModel(nn.Module):
         self.register_buffer("_compute_probe", torch.empty(0, dtype=base_in.dtype), persistent=False)
         self._lora_merged = False
         self._base_backup: dict[str, torch.Tensor] = {}  # adapted base weights while merged (host)
+        # ImageBind-LLM injection (install_injection): the feature each layer adds, for this forward
+        self._injection: torch.Tensor | None = None
+        self._injection_scales = None
         self.new_embeddings = nn.Parameter(init_rows(base_in))
         self.new_lm_head = None if self.tied else nn.Parameter(init_rows(base_out))
         self.apply_trainable_policy()
@@ -530,6 +540,35 @@ class LanguageModel(nn.Module):
             logits = torch.tanh(logits / cap) * cap
         return logits
 
+    def install_injection(self, scales) -> None:
+        """Add a feature to the hidden states entering every decoder layer (ImageBind-LLM eq. 2).
+
+        ``scales()`` returns ``[num_layers, H]`` (the gates, e.g. ``tanh(g)`` per head); a forward
+        given ``injection [B, L | 1, H]`` adds ``scales()[l] * injection`` to the input of layer
+        ``l`` (a forward pre-hook on each layer: the transformers model is not copied). A forward
+        without ``injection`` runs the plain LLM. The last injection is kept until the next forward,
+        so that activation checkpointing recomputes the layers with it."""
+        if self._injection_scales is not None:
+            raise ConfigError("an injection is already installed on this LLM")
+        self._injection_scales = scales
+
+        def hook(index: int):
+            def add(module, args, kwargs):
+                feature = self._injection
+                if feature is None:
+                    return None
+                scale = self._injection_scales()[index]
+                if args:
+                    hidden = args[0]
+                    return (hidden + (scale * feature).to(hidden.dtype), *args[1:]), kwargs
+                hidden = kwargs["hidden_states"]
+                return args, {**kwargs, "hidden_states": hidden + (scale * feature).to(hidden.dtype)}
+
+            return add
+
+        for i, layer in enumerate(self.decoder_layers):
+            layer.register_forward_pre_hook(hook(i), with_kwargs=True)
+
     def forward(
         self,
         inputs_embeds: torch.Tensor,
@@ -539,9 +578,14 @@ class LanguageModel(nn.Module):
         past_key_values=None,
         use_cache: bool = False,
         compute_logits: bool = True,
+        injection: torch.Tensor | None = None,
     ) -> LMOutput:
         """Run the decoder stack on ``inputs_embeds``: final hidden states, their logits (unless
-        ``compute_logits`` is false) and the KV cache (when ``use_cache``)."""
+        ``compute_logits`` is false) and the KV cache (when ``use_cache``). ``injection``: the
+        feature :meth:`install_injection`'s hooks add to every layer's input, ``[B, L | 1, H]``."""
+        if injection is not None and self._injection_scales is None:
+            raise InputError("an injection was given, but none is installed on this LLM (install_injection)")
+        self._injection = injection
         out = self.backbone(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

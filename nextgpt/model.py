@@ -88,7 +88,15 @@ class NextGPT(GenerationMixin, nn.Module):
         self.llm = LanguageModel.from_config(
             mcfg.llm, counts, seed=seed, task_tags=mcfg.task_prompts.tasks, seg=seg
         )
-        self.input_projector = _seeded(seed + 10, lambda: build_input_projector(mcfg.input_projector))
+        hf = self.llm._causal_lm().config
+        self.input_projector = _seeded(
+            seed + 10,
+            lambda: build_input_projector(
+                mcfg.input_projector, num_layers=hf.num_hidden_layers, num_heads=hf.num_attention_heads
+            ),
+        )
+        if self.is_bind:  # ImageBind-LLM: the bound feature is added to every layer's input, gated
+            self.llm.install_injection(self.input_projector.scales)
         self.output_projectors = nn.ModuleDict(
             {
                 m.value: _seeded(seed + 20 + i, lambda o=o: build_output_projector(o.projector))
@@ -161,6 +169,74 @@ class NextGPT(GenerationMixin, nn.Module):
         return tuple(self.config.model.outputs)
 
     # ------------------------------------------------------------------ input side
+
+    @property
+    def is_bind(self) -> bool:
+        """ImageBind-LLM's input path (``input_projector.kind: bind``): media are not prompt tokens; one
+        bound feature per sample is injected into every LLM layer (:mod:`nextgpt.projectors.bind`)."""
+        return self.config.model.input_projector.kind == "bind"
+
+    def bind_features(
+        self,
+        slot_modalities: Sequence[Sequence[Modality]],
+        features: dict[Modality, torch.Tensor],
+        slot_groups: Sequence[int],
+        num_groups: int,
+        weights: Sequence[float] | None = None,
+    ) -> torch.Tensor:
+        """ImageBind-LLM: one bound feature ``[G, H]`` per group (a sample, a request).
+
+        Each group's pooled media embeddings (items in slot order over the groups, per modality in
+        ``features``) are combined before the bind network (embedding arithmetic): with ``weights``
+        (one per item, in order) as given, else by ``input_projector.bind.combine`` (``equal``: each
+        ``1/n``; ``sum``). A group without media gets a zero embedding (the paper's zero image for
+        text-only samples)."""
+        in_dim = typing.cast(int, self.config.model.input_projector.in_dim)
+        combined = torch.zeros(num_groups, in_dim, device=self.device)
+        cursor = dict.fromkeys(features, 0)
+        items: list[tuple[int, torch.Tensor]] = []
+        for group, mods in zip(slot_groups, slot_modalities, strict=True):
+            for m in mods:
+                if m not in features or cursor[m] >= features[m].shape[0]:
+                    raise InputError(f"fewer {m.value} features than {m.value} items")
+                items.append((group, features[m][cursor[m]].to(self.device).float()))
+                cursor[m] += 1
+        for m, used in cursor.items():
+            if used != features[m].shape[0]:
+                raise InputError(f"{features[m].shape[0]} {m.value} features for {used} {m.value} items")
+        if weights is not None and len(weights) != len(items):
+            raise InputError(f"{len(weights)} weights for {len(items)} media items")
+        counts = [0] * num_groups
+        for group, _ in items:
+            counts[group] += 1
+        equal = self.config.model.input_projector.bind.combine == "equal"
+        for k, (group, feature) in enumerate(items):
+            w = float(weights[k]) if weights is not None else (1.0 / counts[group] if equal else 1.0)
+            combined[group] = combined[group] + w * feature
+        return self.input_projector(combined)
+
+    def bind_row(
+        self, slots: Sequence[Sequence[MediaItem]], weights: Sequence[float] | None = None
+    ) -> torch.Tensor:
+        """The bound feature ``[H]`` of one request's media slots (:meth:`bind_features`)."""
+        values: dict[Modality, list[object]] = {}
+        for slot in slots:
+            for item in slot:
+                values.setdefault(item.modality, []).append(item.value)
+        features = {m: self.media_features(m, self.encoder.preprocess(m, v)) for m, v in values.items()}
+        mods = [[item.modality for item in slot] for slot in slots]
+        return self.bind_features(mods, features, [0] * len(mods), 1, weights)[0]
+
+    @staticmethod
+    def injection_tensor(
+        bound: torch.Tensor, spans: Sequence[tuple[int, int, int]], shape: tuple[int, int]
+    ) -> torch.Tensor:
+        """``[B, L, H]``: group ``g``'s bound feature over the positions ``spans[g] = (row, start, end)``
+        (zero elsewhere: padding)."""
+        out = bound.new_zeros(shape[0], shape[1], bound.shape[-1])
+        for g, (row, start, end) in enumerate(spans):
+            out[row, start:end] = bound[g]
+        return out
 
     def encode_media(self, slots: Sequence[Sequence[MediaItem]]) -> list[torch.Tensor]:
         """Projected tokens ``[T, H]`` for each media slot, in order. Items of one modality are
@@ -295,6 +371,7 @@ class NextGPT(GenerationMixin, nn.Module):
         input_idle: torch.Tensor | None = None,
         seg_targets: Sequence[SegTargets] | None = None,
         position_ids: torch.Tensor | None = None,
+        injection: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The NExT-GPT training losses for one batch.
 
@@ -328,6 +405,9 @@ class NextGPT(GenerationMixin, nn.Module):
                 batch without masks adds the head's zero :meth:`~nextgpt.segmentation.
                 SegmentationHead.idle` instead, so that DDP sees every trained tensor.
 
+            injection: ImageBind-LLM (``input_projector.kind: bind``): the bound feature of each
+                position ``[B, L, H]`` (:meth:`injection_tensor`), added to every layer's input.
+
         Returns:
             ``loss`` (weighted total), ``lm_loss`` (next-token cross-entropy on labelled positions),
             ``align_loss`` and ``align_<modality>`` (mean over conditioning tokens of the per-token
@@ -341,9 +421,9 @@ class NextGPT(GenerationMixin, nn.Module):
         """
         embeds = self.embed_inputs(input_ids, media_tokens)
         if position_ids is not None:
-            out = self.llm(embeds, None, position_ids=position_ids, compute_logits=False)
+            out = self.llm(embeds, None, position_ids=position_ids, compute_logits=False, injection=injection)
         else:
-            out = self.llm(embeds, attention_mask, compute_logits=False)
+            out = self.llm(embeds, attention_mask, compute_logits=False, injection=injection)
         # Logits only where a label is: the LM head over the whole batch would cost ~20% of a small
         # model's step (and B x L x V floats) for positions no loss reads. Same loss, same gradients.
         shifted = labels[:, 1:]
@@ -496,6 +576,12 @@ class NextGPT(GenerationMixin, nn.Module):
         )
         return (torch.stack(terms).mean() if terms else None), idle
 
+    @property
+    def trains_norms(self) -> bool:
+        """Some stage trains the LLM's normalisation weights (``training.stages.N.trains: [norms]``):
+        they are then part of the trainable state."""
+        return any("norms" in (s.trains or ()) for s in self.config.training.stages.values())
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Every parameter training may change: projectors, LoRA, added token rows (and, with the
         legacy "full" policy, the base embedding matrices). The frozen encoder, base LLM and
@@ -503,6 +589,12 @@ class NextGPT(GenerationMixin, nn.Module):
         state = {f"input_projector.{k}": v for k, v in self.input_projector.state_dict().items()}
         state.update({f"output_projectors.{k}": v for k, v in self.output_projectors.state_dict().items()})
         state.update({f"llm.{k}": v.detach() for k, v in self.llm.trainable_state_dict().items()})
+        if self.trains_norms:  # ImageBind-LLM's bias-norm tuning: the LLM's norm weights
+            from nextgpt.llm import is_norm_parameter
+
+            for k, v in self.llm.named_parameters():
+                if is_norm_parameter(k):
+                    state[f"llm.{k}"] = v.detach()
         if self.segmentation is not None:  # the <seg> MLP and SAM's mask decoder
             for k, v in self.segmentation.named_parameters():
                 if k.startswith(("projection.", "sam.mask_decoder.")):

@@ -247,6 +247,8 @@ class Processor:
             if m not in counts:
                 raise InputError(f"this model cannot produce {m.value} (no signal tokens configured)")
             return "".join(signal_token_strings(m, counts[m]))
+        if self.tokens_per_item == 0:  # ImageBind-LLM: the media are injected, not prompt tokens
+            return ""
         ph = PLACEHOLDER[m] * self.tokens_per_item
         return f"{WRAPPERS[0]}{ph}{WRAPPERS[1]}" if self.media_wrappers else ph
 

@@ -2,10 +2,13 @@
 
 - :class:`LinearInputProjector`: legacy NExT-GPT, pooled embedding -> 1 token per item.
 - :class:`GroupingInputProjector`: NExT-GPT 2024 / GroupViT-style, patch tokens -> 8 tokens per item.
+- :class:`BindInputProjector`: ImageBind-LLM's bind network, pooled embedding -> a feature injected
+  into every LLM layer through zero-initialised gates (no prompt tokens).
 - :class:`TransformerOutputProjector`: legacy ``TextFcLayer`` (transformer mode), key-compatible.
 - :func:`build_input_projector` / :func:`build_output_projector`: from config ``kind`` strings.
 """
 
+from .bind import BindInputProjector, bind_parameter_count
 from .grouping import GroupingBlock, GroupingInputProjector, GroupingStage, assignment
 from .linear import LEGACY_KEYS, LinearInputProjector, sum_items
 from .output import LEGACY_PREFIX, TransformerOutputProjector, squeeze_single
@@ -16,12 +19,14 @@ __all__ = [
     "LEGACY_KEYS",
     "LEGACY_PREFIX",
     "OUTPUT_PROJECTORS",
+    "BindInputProjector",
     "GroupingBlock",
     "GroupingInputProjector",
     "GroupingStage",
     "LinearInputProjector",
     "TransformerOutputProjector",
     "assignment",
+    "bind_parameter_count",
     "build_input_projector",
     "build_output_projector",
     "squeeze_single",

@@ -13,6 +13,7 @@ from torch import nn
 
 from nextgpt.errors import ConfigError
 
+from .bind import BindInputProjector
 from .grouping import GroupingInputProjector
 from .linear import LinearInputProjector
 from .output import TransformerOutputProjector
@@ -26,6 +27,7 @@ __all__ = ["INPUT_PROJECTORS", "OUTPUT_PROJECTORS", "build_input_projector", "bu
 INPUT_PROJECTORS: dict[str, type[nn.Module]] = {
     "linear": LinearInputProjector,
     "grouping": GroupingInputProjector,
+    "bind": BindInputProjector,
 }
 
 #: ``OutputProjectorConfig.kind`` -> class (each has ``from_config(cfg, in_dim, out_tokens, out_dim)``).
@@ -43,15 +45,29 @@ def _lookup(registry: dict[str, type[nn.Module]], kind: object, what: str) -> ty
 
 
 def build_input_projector(
-    cfg: InputProjectorConfig, in_dim: int | None = None, llm_hidden: int | None = None
+    cfg: InputProjectorConfig,
+    in_dim: int | None = None,
+    llm_hidden: int | None = None,
+    *,
+    num_layers: int | None = None,
+    num_heads: int | None = None,
 ) -> nn.Module:
     """Build the input projector ``cfg.kind`` names: encoder width ``in_dim`` -> LLM width ``llm_hidden``.
 
     The dims default to the config's derived ``in_dim``/``out_dim``. The module has ``num_tokens``
     (LLM tokens per item) and maps ``[N, in_dim]`` (linear: pooled) or ``[N, L, in_dim]`` (grouping:
-    patch tokens) to ``[N, num_tokens, llm_hidden]``.
+    patch tokens) to ``[N, num_tokens, llm_hidden]``. ``bind`` (ImageBind-LLM) maps pooled embeddings
+    to ``[N, llm_hidden]`` bound features injected into the layers, and needs the LLM's
+    ``num_layers`` and ``num_heads`` (its gates' shape).
     """
-    cls = _lookup(INPUT_PROJECTORS, getattr(cfg, "kind", None), "input_projector")
+    kind = getattr(cfg, "kind", None)
+    cls = _lookup(INPUT_PROJECTORS, kind, "input_projector")
+    if kind == "bind":
+        if num_layers is None or num_heads is None:
+            raise ConfigError(
+                "input_projector.kind=bind: the builder needs the LLM's num_layers and num_heads"
+            )
+        return cls.from_config(cfg, in_dim, llm_hidden, num_layers=num_layers, num_heads=num_heads)  # type: ignore[attr-defined]
     return cls.from_config(cfg, in_dim, llm_hidden)  # type: ignore[attr-defined]
 
 

@@ -64,6 +64,9 @@ class Batch:
             order: its modality, the caption whose decoder conditioning is the alignment target, that
             conditioning when the caption cache holds it (else ``None``: computed online), and the
             decoded target media (denoising loss) or ``None``.
+        slot_groups: per input media slot, the index of its sample (samples numbered in row order).
+        sample_spans: per sample, ``(row, start, end)``: where its tokens are (ImageBind-LLM injects
+            each sample's bound feature there).
         seg_targets: per row, the ``<seg>`` targets of its samples in order (LLMBind masks): ``(SAM
             inputs of the image, target masks [N, H, W])`` per sample with masks; empty lists when none
             (or the model has no segmentation).
@@ -86,6 +89,8 @@ class Batch:
     outputs: list[list[SignalTarget]]
     position_ids: torch.Tensor | None = None
     seg_targets: list[list[tuple[dict, torch.Tensor]]] = field(default_factory=list)
+    slot_groups: list[int] = field(default_factory=list)
+    sample_spans: list[tuple[int, int, int]] = field(default_factory=list)
     num_samples: int = 0
     drops: dict[str, int] = field(default_factory=dict)
     skipped_keys: list[str] = field(default_factory=list)
@@ -103,6 +108,8 @@ class Batch:
         outputs: list[list[SignalTarget]] | None = None,
         position_ids: torch.Tensor | None = None,
         seg_targets: list[list[tuple[dict, torch.Tensor]]] | None = None,
+        slot_groups: list[int] | None = None,
+        sample_spans: list[tuple[int, int, int]] | None = None,
         num_samples: int = 0,
         drops: dict[str, int] | None = None,
         skipped_keys: list[str] | None = None,
@@ -122,6 +129,8 @@ class Batch:
         self.seg_targets = (
             [list(row) for row in seg_targets] if seg_targets is not None else [[] for _ in outputs]
         )
+        self.slot_groups = list(slot_groups or [])
+        self.sample_spans = list(sample_spans or [])
         self.num_samples = num_samples
         self.drops = dict(drops or {})
         self.skipped_keys = list(skipped_keys or [])
@@ -217,7 +226,7 @@ def _atomic_spans(enc: Encoded, processor: Processor) -> tuple[list[tuple[int, i
     pos = [i for i, t in enumerate(ids) if t in ph]
     wrappers = layout.wrapper_ids
     slots = []
-    for k in range(0, len(pos), per):
+    for k in range(0, len(pos), per) if per else ():  # per 0 (bind): media hold no tokens
         a, b = pos[k], pos[min(k + per, len(pos)) - 1] + 1
         if wrappers and a > 0 and ids[a - 1] == wrappers[0]:
             a -= 1
@@ -240,7 +249,7 @@ def truncate_encoded(enc: Encoded, max_length: int, processor: Processor) -> tup
     for a, b in slots + runs:
         if a < cut < b:
             cut = a
-    kept_in = sum(1 for _, b in slots if b <= cut)
+    kept_in = sum(1 for _, b in slots if b <= cut) if processor.tokens_per_item else len(enc.slots)
     kept_out = sum(1 for _, b in runs if b <= cut)
     out = Encoded(
         enc.input_ids[:cut].clone(), enc.labels[:cut].clone(), enc.slots[:kept_in], enc.outputs[:kept_out]
@@ -446,6 +455,8 @@ class Collator:
             return Batch.empty(self.pad_id, num_samples=seen, drops=drops, skipped_keys=skipped_keys)
         lengths = [enc.input_ids.numel() for _, enc, *_ in rows]
         seg_targets: list[list[tuple[dict, torch.Tensor]]] = []
+        slot_groups: list[int] = []
+        sample_spans: list[tuple[int, int, int]] = []
         layout = pack_rows(lengths, self.pack_length) if self.packing else [[i] for i in range(len(rows))]
         L = max(sum(lengths[i] for i in row) for row in layout)
         B = len(layout)
@@ -471,6 +482,8 @@ class Collator:
                     position_ids[b, start : start + n] = torch.arange(n)
                     labels[b, start] = IGNORE_INDEX  # predicted from the previous sample: never a target
                 slot_modalities += [[item.modality for item in slot] for slot in enc.slots]
+                slot_groups += [len(sample_spans)] * len(enc.slots)
+                sample_spans.append((b, start, start + n))
                 for m, tensor in items:
                     per_mod.setdefault(m, []).append(tensor)
                 keys.append(sample.key)
@@ -493,6 +506,8 @@ class Collator:
             outputs=outputs,
             position_ids=position_ids,
             seg_targets=seg_targets,
+            slot_groups=slot_groups,
+            sample_spans=sample_spans,
             num_samples=seen,
             drops=drops,
             skipped_keys=skipped_keys,

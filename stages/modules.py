@@ -52,6 +52,7 @@ import torch
 
 from nextgpt.config import NextGPTConfig
 from nextgpt.errors import CheckpointError, ConfigError, InputError, UnsafeCheckpointError
+from nextgpt.llm import is_norm_parameter
 from nextgpt.segmentation import trains as seg_trains
 from nextgpt.stages.data.schema import DROP_REASONS
 
@@ -69,6 +70,25 @@ TRAINABLE: dict[int, tuple[str, ...]] = {
 }
 
 
+#: Every group a stage may train (``training.stages.N.trains``); "norms": the LLM's normalisation
+#: weights (ImageBind-LLM's bias-norm tuning, with the LoRA biases of ``model.llm.lora.bias``).
+TRAINABLE_GROUPS = (
+    "input_projector",
+    "output_projectors",
+    "token_rows",
+    "token_rows_if_full",
+    "lora",
+    "segmentation",
+    "norms",
+)
+
+
+def stage_groups(config, stage: int) -> tuple[str, ...]:
+    """The groups stage ``stage`` trains: ``training.stages.N.trains``, else :data:`TRAINABLE`."""
+    trains = config.training.stage_config(stage).trains
+    return TRAINABLE[stage] if trains is None else tuple(trains)
+
+
 def select_trainable(model, stage: int) -> dict[str, torch.nn.Parameter]:
     """Set ``requires_grad`` on exactly the stage's trainable set; return it by parameter name.
 
@@ -78,7 +98,7 @@ def select_trainable(model, stage: int) -> dict[str, torch.nn.Parameter]:
     dtype where they are used."""
     if stage not in TRAINABLE:
         raise ValueError(f"unknown stage {stage}; valid: 1, 2, 3")
-    groups = TRAINABLE[stage]
+    groups = stage_groups(model.config, stage)
     full = model.config.model.llm.trainable_embeddings == "full"
     # The LLM's one trainable-policy rule: local name -> TrainableTensor(kind "lora" or "token_rows").
     llm_trainable = model.llm.trainable_parameters()
@@ -96,6 +116,8 @@ def select_trainable(model, stage: int) -> dict[str, torch.nn.Parameter]:
                 take = "lora" in groups
             else:  # "token_rows": added rows, or the full matrices under the legacy policy
                 take = "token_rows" in groups or ("token_rows_if_full" in groups and full)
+        elif name.startswith("llm.") and is_norm_parameter(name):
+            take = "norms" in groups  # RMSNorm / LayerNorm weights of the LLM
         p.requires_grad_(take)
         if take:
             if p.dtype != torch.float32:
@@ -172,7 +194,16 @@ class StageModule(L.LightningModule):
             if batch.features is not None
             else {m: model.media_features(m, x) for m, x in (batch.media or {}).items()}
         )
-        media_tokens, idle = model.project_inputs(batch.slot_modalities, features, every_modality=True)
+        injection = None
+        if model.is_bind:  # ImageBind-LLM: one bound feature per sample, injected at its tokens
+            bound = model.bind_features(
+                batch.slot_modalities, features, batch.slot_groups, max(1, len(batch.sample_spans))
+            )
+            spans = batch.sample_spans or [(0, 0, batch.input_ids.shape[1])]  # an empty batch's filler row
+            injection = model.injection_tensor(bound, spans, tuple(batch.input_ids.shape))
+            media_tokens, idle = [], torch.zeros((), device=model.device)
+        else:
+            media_tokens, idle = model.project_inputs(batch.slot_modalities, features, every_modality=True)
         training = self.config.training
         return model.compute_losses(
             batch.input_ids,
@@ -186,12 +217,13 @@ class StageModule(L.LightningModule):
             input_idle=idle,
             position_ids=batch.position_ids,
             seg_targets=batch.seg_targets if self.trains_segmentation else None,
+            injection=injection,
         )
 
     @property
     def trains_segmentation(self) -> bool:
         """The model has LLMBind segmentation and this stage trains it (its masks are losses)."""
-        return self.model.segmentation is not None and "segmentation" in TRAINABLE[self.stage]
+        return self.model.segmentation is not None and "segmentation" in stage_groups(self.config, self.stage)
 
     @property
     def seg_processor(self):

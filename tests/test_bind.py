@@ -1,0 +1,208 @@
+"""ImageBind-LLM's input path (``input_projector.kind: bind``): the bind network's shapes and counts,
+zero-gated injection into every layer (gate 0 is the plain LLM, exactly), gradients reaching the gates,
+the KV-cache loop against a full recompute, embedding arithmetic, and both training stages on tiny."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nextgpt import Audio, NextGPT, NextGPTConfig
+from nextgpt.errors import ConfigError, InputError
+from nextgpt.modality import Modality
+from nextgpt.projectors import BindInputProjector, bind_parameter_count
+
+BIND = ["model.input_projector.kind=bind", "model.llm.media_wrappers=false"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return NextGPT.from_preset("tiny", BIND)
+
+
+def _image(path, seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_bind_network_shapes_and_the_7b_parameter_count():
+    with torch.device("meta"):
+        net = BindInputProjector(1024, 4096, num_layers=32, num_heads=32)
+    count = sum(p.numel() for n, p in net.named_parameters() if n != "gates")
+    # W0 1024x4096 + bias, 3 blocks of W1, W2 (4096 x 16384), W3 (16384 x 4096) and an RMSNorm
+    assert count == bind_parameter_count(1024, 4096) == 1024 * 4096 + 4096 + 3 * (3 * 4096 * 16384 + 4096)
+    assert round(count / 1e6, 1) == 608.2  # the paper's "about 0.6B"
+    assert net.gates.shape == (32, 32) and net.num_tokens == 0
+    layer = BindInputProjector(8, 16, num_layers=2, num_heads=4, norm="layer", num_blocks=1)
+    assert isinstance(layer.blocks[0].norm, torch.nn.LayerNorm) and layer(torch.randn(3, 8)).shape == (3, 16)
+    with torch.no_grad():
+        layer.gates.copy_(torch.tensor([[0.0, 1.0, -1.0, 2.0], [0.5, 0.0, 0.0, 0.0]]))
+    scales = layer.scales()
+    assert scales.shape == (2, 16)
+    torch.testing.assert_close(scales[0, 4:8], torch.full((4,), float(np.tanh(1.0))))  # head 1's channels
+    with pytest.raises(ValueError, match="pooled embeddings"):
+        layer(torch.randn(3, 2, 8))
+
+
+def test_a_bind_model_puts_no_media_token_in_the_prompt(model, tmp_path):
+    ids = model.processor.encode([_image(tmp_path / "a.png"), "what is this"], add_generation_prompt=True)
+    placeholders = set(model.llm.layout.placeholder_ids.values())
+    assert not placeholders & set(ids.input_ids.tolist()) and len(ids.slots) == 1
+
+
+def test_at_gate_zero_the_model_is_the_plain_llm_exactly(model, tmp_path):
+    ids = torch.tensor([[1, 40, 50, 60, 70]])
+    embeds = model.llm.embed(ids)
+    injection = torch.randn(1, 1, model.llm.hidden_size) * 10
+    with torch.no_grad():
+        plain = model.llm(embeds).logits
+        gated = model.llm(embeds, injection=injection).logits
+    assert torch.equal(plain, gated)
+    image = _image(tmp_path / "b.png")
+    with_image = model.generate([image, "hello there"], modalities=["text"], max_new_tokens=8)
+    text_only = model.generate("hello there", modalities=["text"], max_new_tokens=8)
+    assert with_image.token_ids == text_only.token_ids  # the image changes nothing until a gate opens
+
+
+def test_gradients_reach_the_gates_then_the_bind_network(model):
+    from nextgpt.stages.modules import select_trainable
+
+    chosen = select_trainable(model, 1)
+    assert "input_projector.gates" in chosen and any(n.startswith("input_projector.blocks.") for n in chosen)
+    feats = {Modality.IMAGE: torch.randn(2, 32)}
+    ids = torch.tensor([[1, 40, 50, 60], [1, 41, 51, 61]])
+
+    def backward():
+        model.zero_grad(set_to_none=True)
+        bound = model.bind_features([[Modality.IMAGE], [Modality.IMAGE]], feats, [0, 1], 2)
+        injection = model.injection_tensor(bound, [(0, 0, 4), (1, 0, 4)], (2, 4))
+        losses = model.compute_losses(ids, torch.ones_like(ids), ids.clone(), [], injection=injection)
+        losses["loss"].backward()
+
+    backward()
+    gates = model.input_projector.gates
+    assert gates.grad is not None and gates.grad.abs().sum() > 0
+    w1 = model.input_projector.blocks[0].w1.weight
+    assert w1.grad is None or w1.grad.abs().sum() == 0  # tanh(0) = 0: nothing flows through yet
+    with torch.no_grad():
+        gates.fill_(0.3)
+    backward()
+    assert w1.grad.abs().sum() > 0
+    with torch.no_grad():
+        gates.zero_()
+
+
+def test_the_kv_cache_loop_matches_a_full_recompute_with_open_gates(tmp_path):
+    model = NextGPT.from_preset("tiny", BIND)
+    with torch.no_grad():
+        model.input_projector.gates.normal_(std=2.0)
+    image = _image(tmp_path / "c.png", seed=3)
+    out = model.generate([image, "describe it"], modalities=["text"], max_new_tokens=6)
+    req = model.prepare_request([image, "describe it"], ["text"], max_new_tokens=6)
+    model.eval()
+    bound = model.bind_row(req.slots)
+    ids = req.input_ids.tolist()
+    base = model.llm.layout.base_vocab
+    with torch.no_grad():
+        for _ in range(len(out.token_ids)):
+            x = torch.tensor([ids])
+            logits = model.llm(model.llm.embed(x), injection=bound.expand(1, x.shape[1], -1)).logits[0, -1]
+            logits[base:] = -float("inf")  # the added tokens are banned for a text answer
+            ids.append(int(logits.argmax()))
+    assert ids[len(req.input_ids) :] == out.token_ids
+    plain = NextGPT.from_preset("tiny", BIND).generate(
+        [image, "describe it"], modalities=["text"], max_new_tokens=6
+    )
+    assert plain.token_ids != out.token_ids  # open gates do change the answer
+
+
+def test_each_batched_row_keeps_its_own_feature_as_rows_leave(tmp_path):
+    model = NextGPT.from_preset("tiny", BIND)
+    with torch.no_grad():
+        model.input_projector.gates.normal_(std=2.0)
+    a, b = _image(tmp_path / "r0.png", seed=5), _image(tmp_path / "r1.png", seed=6)
+    requests = [
+        model.prepare_request([a, "first"], ["text"], max_new_tokens=2),  # leaves the batch early
+        model.prepare_request([b, "second one"], ["text"], max_new_tokens=7),
+    ]
+    batched = model.run_requests(requests)
+    alone = [
+        model.generate([a, "first"], modalities=["text"], max_new_tokens=2),
+        model.generate([b, "second one"], modalities=["text"], max_new_tokens=7),
+    ]
+    assert [o.token_ids for o in batched] == [o.token_ids for o in alone]
+    assert len(alone[1].token_ids) > len(alone[0].token_ids)
+
+
+def test_embedding_arithmetic_weights_the_inputs_before_the_bind_network(model, tmp_path):
+    image = _image(tmp_path / "d.png")
+    sound = Audio(np.random.default_rng(0).standard_normal((1, 16000)).astype(np.float32) * 0.1, 16000)
+    slots = model.prepare_request([sound, image, "mix"], ["text"]).slots
+    feats = {}
+    for slot in slots:
+        item = slot[0]
+        feats[item.modality] = model.media_features(
+            item.modality, model.encoder.preprocess(item.modality, [item.value])
+        )[0]
+    with torch.no_grad():
+        mixed = model.bind_row(slots, [0.25, 0.75])
+        want = model.input_projector((0.25 * feats[Modality.AUDIO] + 0.75 * feats[Modality.IMAGE])[None])[0]
+        torch.testing.assert_close(mixed, want)
+        equal = model.bind_row(slots)  # combine: equal -> 1/2 each
+        torch.testing.assert_close(
+            equal, model.input_projector((0.5 * feats[Modality.AUDIO] + 0.5 * feats[Modality.IMAGE])[None])[0]
+        )
+        empty = model.bind_features([], {}, [], 1)  # a text-only sample: the zero embedding
+        torch.testing.assert_close(empty[0], model.input_projector(torch.zeros(1, 32))[0])
+    out = model.generate(
+        [sound, image, "mix"], modalities=["text"], max_new_tokens=2, modality_weights=[0.5, 0.5]
+    )
+    assert len(out.token_ids) >= 1
+    with pytest.raises(InputError, match="2 weights for 3|has 1 weights for 2"):
+        model.generate([sound, image, "mix"], modalities=["text"], modality_weights=[1.0])
+    with pytest.raises(InputError, match="input_projector.kind: bind"):
+        NextGPT.from_preset("tiny").generate([image, "x"], modalities=["text"], modality_weights=[1.0])
+
+
+def test_unknown_trainable_groups_are_a_config_error():
+    with pytest.raises(ConfigError, match="unknown groups"):
+        NextGPTConfig.from_preset("tiny").with_overrides(["training.stages.3.trains=[lora, gates]"])
+
+
+def test_both_imagebind_llm_stages_train_on_tiny_and_the_model_generates(demo_data, tmp_path):
+    """Stage 1 (image-text pairs): the bind network and gates train, the LLM stays. Stage 3 (the
+    paper's instruction tuning, `trains: [lora, norms]`, text-only samples with the zero embedding):
+    LoRA and the norms train, the bind network stays. The saved model then answers about an image."""
+    from nextgpt.stages.train import train
+
+    common = [
+        *BIND,
+        "model.outputs.image=null",
+        "model.outputs.audio=null",
+        "model.outputs.video=null",
+        "training.num_workers=0",
+        "training.log_every_n_steps=1",
+        "training.stages.1.lr=1e-2",
+        "training.stages.3.lr=1e-2",
+        "training.stages.3.trains=[lora, norms]",
+    ]
+    base = NextGPT.from_preset("tiny", common).trainable_state_dict()
+    assert any(".input_layernorm." in k for k in base)  # norms are part of the state when trained
+    one = train(1, "tiny", demo_data, tmp_path / "run", common, max_steps=2)
+    s1 = NextGPT.from_pretrained(one).trainable_state_dict()
+    changed = {k for k in base if not torch.equal(base[k], s1[k])}
+    assert "input_projector.gates" in changed and any(
+        k.startswith("input_projector.blocks.") for k in changed
+    )
+    assert not any("lora_" in k or "layernorm" in k for k in changed)
+    three = train(3, "tiny", demo_data, tmp_path / "run", common, max_steps=2, init_from=one)
+    trained = NextGPT.from_pretrained(three)
+    s3 = trained.trainable_state_dict()
+    changed3 = {k for k in s1 if not torch.equal(s1[k], s3[k])}
+    assert any("lora_" in k for k in changed3) and any(".input_layernorm." in k for k in changed3)
+    assert not any(k.startswith("input_projector.") for k in changed3)
+    out = trained.generate([_image(tmp_path / "e.png"), "what is it?"], modalities=["text"], max_new_tokens=4)
+    assert out.token_ids
