@@ -206,3 +206,28 @@ def test_both_imagebind_llm_stages_train_on_tiny_and_the_model_generates(demo_da
     assert not any(k.startswith("input_projector.") for k in changed3)
     out = trained.generate([_image(tmp_path / "e.png"), "what is it?"], modalities=["text"], max_new_tokens=4)
     assert out.token_ids
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_a_packed_bind_batch_gives_the_padded_losses_and_gradients(stage, demo_data):
+    """Each sample of a packed row gets its own bound feature over its own tokens (open gates)."""
+    from test_packing import F32, NO_NOISE, _collators, _losses_and_grads, _samples
+
+    from nextgpt.stages.modules import StageModule
+
+    cfg = NextGPTConfig.from_preset("tiny").with_overrides([*NO_NOISE, *BIND])
+    model = NextGPT(cfg)
+    with torch.no_grad():
+        model.input_projector.gates.normal_(std=1.0)
+    module = StageModule(cfg, stage, model).train()
+    padded_collator, packed_collator = _collators(model, stage, pack_length=1024)
+    samples = _samples(demo_data, stage, 8)
+    padded, packed = padded_collator(samples), packed_collator(samples)
+    assert packed.num_rows < padded.num_rows and len(packed.sample_spans) == 8
+    want, want_grads = _losses_and_grads(module, padded)
+    got, got_grads = _losses_and_grads(module, packed)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], **F32)
+    assert "model.input_projector.gates" in want_grads
+    for k in want_grads:
+        torch.testing.assert_close(got_grads[k], want_grads[k], **F32)
