@@ -37,7 +37,7 @@ help:
 install: java
 	$(PIP) install --upgrade "pip>=23" "setuptools>=64" wheel
 	$(PIP) install -c $(CONSTRAINTS) torch
-	$(PIP) install -c $(CONSTRAINTS) -e ".[test,demo,eval,llmbind]"
+	$(PIP) install -c $(CONSTRAINTS) -e ".[test,demo,eval,llmbind,imagebind_llm]"
 	$(PIP) install --no-deps $(DATA_PACKAGES) $(REFERENCE_PACKAGES)
 
 # The caption metrics (pycocoevalcap's PTB tokenizer, METEOR, SPICE) run on Java: install Debian's JRE

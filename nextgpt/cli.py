@@ -28,6 +28,7 @@ and disk limit bound the answers' media files and uploaded files.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -482,7 +483,22 @@ def _data_demo_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_cache(args) -> int:
     """``nextgpt cache``: build a feature cache (:func:`~nextgpt.stages.cache.build_cache_report`);
-    print what this build wrote and what the cache holds."""
+    print what this build wrote and what the cache holds. ``nextgpt cache index``: ImageBind-LLM's
+    visual cache of the stage's images (:func:`~nextgpt.visual_cache.build_visual_cache`)."""
+    if args.what == "index":
+        from nextgpt import NextGPT
+        from nextgpt.stages.datamodule import stage_shards
+        from nextgpt.visual_cache import build_visual_cache
+
+        model = NextGPT.from_preset(args.preset, args.override, device=args.device or "cpu")
+        shards = stage_shards(
+            args.data, args.stage, list(model.config.training.stage_config(args.stage).datasets)
+        )
+        path = build_visual_cache(model, shards, args.out, batch_size=args.batch_size)
+        print(
+            f"visual cache: {json.loads((path / 'cache.json').read_text())['count']} image embeddings in {path}"
+        )
+        return 0
     from nextgpt.stages.cache import build_cache_report
 
     report = build_cache_report(
@@ -508,7 +524,11 @@ def cmd_cache(args) -> int:
 
 
 def _cache_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["encoder", "captions"])
+    p.add_argument(
+        "what",
+        choices=["encoder", "captions", "index"],
+        help="encoder / captions: training feature caches; index: ImageBind-LLM's visual cache",
+    )
     p.add_argument("--data", required=True, help="folder of shards")
     p.add_argument("--out", required=True)
     p.add_argument(

@@ -814,6 +814,28 @@ class SegmentationConfig(Node):
 
 
 @dataclass(kw_only=True)
+class VisualCacheConfig(Node):
+    """ImageBind-LLM's training-free visual cache (:mod:`nextgpt.visual_cache`): with ``path`` set (a
+    folder written by ``nextgpt cache index``), each input embedding at inference is blended with
+    its ``top_k`` nearest cached image embeddings (cosine), weighted ``softmax(similarity *
+    temperature)``: ``alpha * retrieved + (1 - alpha) * query``, renormalised to the query's norm.
+    ``modalities``: which inputs are enhanced (the paper: every one but images, whose training it
+    mirrors; ``[image, ...]`` adds them)."""
+
+    path: str | None = field(default=None, metadata=PATH_METADATA)
+    top_k: int = 10
+    temperature: float = 20.0
+    alpha: float = 0.5
+    modalities: list[str] = field(default_factory=lambda: ["audio", "video", "text"])
+
+    def _validate(self) -> None:
+        positive(self, "top_k", "temperature")
+        check(0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha}")
+        for name in self.modalities:
+            Modality.parse(name)
+
+
+@dataclass(kw_only=True)
 class ModelConfig(Node):
     """Encoder -> input projector -> LLM -> per-modality output projectors and decoders."""
 
@@ -828,6 +850,8 @@ class ModelConfig(Node):
     task_prompts: TaskPromptsConfig = field(default_factory=TaskPromptsConfig)
     #: LLMBind's <seg> token with a SAM mask decoder (off without a SAM folder)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    #: ImageBind-LLM's visual cache of image embeddings (off without a cache folder)
+    visual_cache: VisualCacheConfig = field(default_factory=VisualCacheConfig)
     #: Seed of every randomly initialised part (new token rows, projectors, LoRA, and frozen parts
     #: without weights on disk): the same seed rebuilds the same model.
     seed: int = 0

@@ -224,8 +224,30 @@ class NextGPT(GenerationMixin, nn.Module):
             for item in slot:
                 values.setdefault(item.modality, []).append(item.value)
         features = {m: self.media_features(m, self.encoder.preprocess(m, v)) for m, v in values.items()}
+        cache = self.visual_cache
+        if cache is not None:  # ImageBind-LLM's cache-enhanced inference
+            wanted = {Modality.parse(m) for m in self.config.model.visual_cache.modalities}
+            features = {m: cache.enhance(f) if m in wanted else f for m, f in features.items()}
         mods = [[item.modality for item in slot] for slot in slots]
         return self.bind_features(mods, features, [0] * len(mods), 1, weights)[0]
+
+    @property
+    def visual_cache(self):
+        """The :class:`~nextgpt.visual_cache.VisualCache` of ``model.visual_cache.path`` (loaded on
+        first use), or ``None`` without one."""
+        from nextgpt.config import resolve_path
+
+        cfg = self.config.model.visual_cache
+        path = resolve_path(cfg.path, "model.visual_cache.path")
+        if path is None:
+            return None
+        cached = self.__dict__.get("_visual_cache")
+        if cached is None or cached[0] != path:
+            from nextgpt.visual_cache import VisualCache
+
+            cache = VisualCache.load(path, top_k=cfg.top_k, temperature=cfg.temperature, alpha=cfg.alpha)
+            self.__dict__["_visual_cache"] = cached = (path, cache)
+        return cached[1]
 
     @staticmethod
     def injection_tensor(
