@@ -818,7 +818,8 @@ class VisualCacheConfig(Node):
     """ImageBind-LLM's training-free visual cache (:mod:`nextgpt.visual_cache`): with ``path`` set (a
     folder written by ``nextgpt cache index``), each input embedding at inference is blended with
     its ``top_k`` nearest cached image embeddings (cosine), weighted ``softmax(similarity *
-    temperature)``: ``alpha * retrieved + (1 - alpha) * query``, renormalised to the query's norm.
+    temperature)``: ``alpha * retrieved + (1 - alpha) * query`` on unit vectors, renormalised to the
+    query's norm.
     ``modalities``: which inputs are enhanced (the paper: every one but images, whose training it
     mirrors; ``[image, ...]`` adds them)."""
 
@@ -833,6 +834,25 @@ class VisualCacheConfig(Node):
         check(0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha}")
         for name in self.modalities:
             Modality.parse(name)
+
+
+@dataclass(kw_only=True)
+class UnCLIPConfig(Node):
+    """ImageBind -> image without training (:mod:`nextgpt.decoders.unclip`): with ``path`` set (a
+    diffusers ``StableUnCLIPImg2ImgPipeline`` folder, SD 2.1 unCLIP-H for ImageBind huge), the
+    ImageBind embedding of any input conditions it (``NextGPT.embed_to_image``). ``noise_level``
+    (0 .. 999), ``guidance_scale`` and ``num_inference_steps`` are the call defaults."""
+
+    path: str | None = field(default=None, metadata=PATH_METADATA)
+    noise_level: int = 0
+    guidance_scale: float = 10.0
+    num_inference_steps: int = 20
+    dtype: Dtype = "float32"
+
+    def _validate(self) -> None:
+        positive(self, "num_inference_steps")
+        check(0 <= self.noise_level <= 999, "noise_level", f"must be in [0, 999], got {self.noise_level}")
+        check(self.guidance_scale >= 0, "guidance_scale", f"must be >= 0, got {self.guidance_scale}")
 
 
 @dataclass(kw_only=True)
@@ -852,6 +872,8 @@ class ModelConfig(Node):
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     #: ImageBind-LLM's visual cache of image embeddings (off without a cache folder)
     visual_cache: VisualCacheConfig = field(default_factory=VisualCacheConfig)
+    #: ImageBind -> image through SD unCLIP (off without a pipeline folder)
+    unclip: UnCLIPConfig = field(default_factory=UnCLIPConfig)
     #: Seed of every randomly initialised part (new token rows, projectors, LoRA, and frozen parts
     #: without weights on disk): the same seed rebuilds the same model.
     seed: int = 0

@@ -187,8 +187,9 @@ class NextGPT(GenerationMixin, nn.Module):
         """ImageBind-LLM: one bound feature ``[G, H]`` per group (a sample, a request).
 
         Each group's pooled media embeddings (items in slot order over the groups, per modality in
-        ``features``) are combined before the bind network (embedding arithmetic): with ``weights``
-        (one per item, in order) as given, else by ``input_projector.bind.combine`` (``equal``: each
+        ``features``), each L2-normalised, are combined before the bind network (embedding
+        arithmetic): with ``weights`` (one per item, in order) divided by their sum within the group
+        (as the released code does), else by ``input_projector.bind.combine`` (``equal``: each
         ``1/n``; ``sum``). A group without media gets a zero embedding (the paper's zero image for
         text-only samples)."""
         in_dim = typing.cast(int, self.config.model.input_projector.in_dim)
@@ -199,19 +200,28 @@ class NextGPT(GenerationMixin, nn.Module):
             for m in mods:
                 if m not in features or cursor[m] >= features[m].shape[0]:
                     raise InputError(f"fewer {m.value} features than {m.value} items")
-                items.append((group, features[m][cursor[m]].to(self.device).float()))
+                feature = features[m][cursor[m]].to(self.device).float()
+                items.append((group, feature / feature.norm().clamp(min=1e-12)))
                 cursor[m] += 1
         for m, used in cursor.items():
             if used != features[m].shape[0]:
                 raise InputError(f"{features[m].shape[0]} {m.value} features for {used} {m.value} items")
         if weights is not None and len(weights) != len(items):
             raise InputError(f"{len(weights)} weights for {len(items)} media items")
-        counts = [0] * num_groups
-        for group, _ in items:
+        counts, totals = [0] * num_groups, [0.0] * num_groups
+        for k, (group, _) in enumerate(items):
             counts[group] += 1
+            totals[group] += float(weights[k]) if weights is not None else 0.0
         equal = self.config.model.input_projector.bind.combine == "equal"
         for k, (group, feature) in enumerate(items):
-            w = float(weights[k]) if weights is not None else (1.0 / counts[group] if equal else 1.0)
+            if weights is not None:
+                if abs(totals[group]) < 1e-6:
+                    raise InputError(
+                        f"the media weights of a request sum to {totals[group]:g}: they must not cancel"
+                    )
+                w = float(weights[k]) / totals[group]
+            else:
+                w = 1.0 / counts[group] if equal else 1.0
             combined[group] = combined[group] + w * feature
         return self.input_projector(combined)
 

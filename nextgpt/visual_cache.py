@@ -4,8 +4,10 @@ inference to pull other modalities' embeddings towards the images the bind netwo
 Model (ImageBind-LLM, section 3.2.3, eqs. 3-4): ImageBind image embeddings of the training images are
 both the keys and the values. For a query embedding ``q`` (any input modality), the ``top_k`` keys
 most similar by cosine are found (``s = q_hat . k_hat``); their values are averaged with weights
-``softmax(s * temperature)`` and blended: ``alpha * retrieved + (1 - alpha) * q``, then scaled back
-to ``q``'s norm. Defaults (``model.visual_cache``): ``top_k`` 10, ``temperature`` 20, ``alpha`` 0.5.
+``softmax(s * temperature)`` and L2-normalised (``p``), blended with the normalised query,
+``alpha * p + (1 - alpha) * q_hat``, normalised again and scaled back to ``q``'s norm (as the
+released ImageBind-LLM code does). Defaults (``model.visual_cache``, the code's): ``top_k`` 10,
+``temperature`` 20, ``alpha`` 0.5.
 
 The index is FAISS (``faiss-cpu``, the ``imagebind_llm`` extra; the paper uses FAISS too): an exact
 inner-product index (``IndexFlatIP``) over the L2-normalised keys, so ``search`` returns cosine
@@ -98,10 +100,9 @@ class VisualCache:
         logits = sims * self.temperature
         weights = np.exp(logits - logits.max(axis=1, keepdims=True))
         weights /= weights.sum(axis=1, keepdims=True)
-        retrieved = np.einsum("mk,mkd->md", weights, self.values[idx])
-        blended = self.alpha * retrieved + (1.0 - self.alpha) * q
-        norms = np.linalg.norm(q, axis=1, keepdims=True)
-        blended = blended / np.maximum(np.linalg.norm(blended, axis=1, keepdims=True), 1e-12) * norms
+        retrieved = _normalise(np.einsum("mk,mkd->md", weights, self.values[idx]))
+        blended = _normalise(self.alpha * retrieved + (1.0 - self.alpha) * _normalise(q))
+        blended = blended * np.linalg.norm(q, axis=1, keepdims=True)
         return torch.from_numpy(blended.astype(np.float32)).to(queries.device, queries.dtype)
 
     # ------------------------------------------------------------------ files

@@ -4,7 +4,9 @@ The bind network (ImageBind-LLM, section 3.2.1 and Fig. 3) maps a pooled ImageBi
 (``[N, 1024]``) into the LLM's width: ``F0 = F W0`` (a linear layer with bias), then three blocks
 ``F_{i+1} = F_i + (n(F_i) W2 * SiLU(n(F_i) W1)) W3`` with ``n`` RMSNorm (the paper; the code's
 "legacy bridge" uses LayerNorm: ``norm: layer``), ``W1, W2: [H, hidden]``, ``W3: [hidden, H]``,
-``hidden = hidden_mult * H`` (4H). At H = 4096 that is 608.2M parameters.
+``hidden = hidden_mult * H`` (4H). At H = 4096 that is 608.2M parameters. (The released code names
+them ``image_bind_proj`` and ``image_bind_{norm,f1,f2,f3}_k``; its ``legacy_bridge`` uses LayerNorm and
+biased linears.)
 
 Injection (eq. 2): the bound feature ``T`` is added to every word token at the input of every
 transformer layer, scaled by ``tanh(g)``; ``g`` is one learnable scalar per layer and attention head
@@ -34,10 +36,11 @@ class BindBlock(nn.Module):
 
     def __init__(self, dim: int, hidden: int, norm: str = "rms") -> None:
         super().__init__()
+        bias = norm != "rms"  # the code's LayerNorm "legacy bridge" has biased linears too
         self.norm = nn.RMSNorm(dim, eps=1e-6) if norm == "rms" else nn.LayerNorm(dim)
-        self.w1 = nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(dim, hidden, bias=False)
-        self.w3 = nn.Linear(hidden, dim, bias=False)
+        self.w1 = nn.Linear(dim, hidden, bias=bias)
+        self.w2 = nn.Linear(dim, hidden, bias=bias)
+        self.w3 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         n = self.norm(x)
@@ -48,9 +51,11 @@ def bind_parameter_count(
     in_dim: int, dim: int, num_blocks: int = 3, hidden_mult: int = 4, norm: str = "rms"
 ) -> int:
     """Parameters of the bind network (gates not counted): ``in_dim*dim + dim`` for ``W0`` and its bias,
-    then per block ``3 * dim * hidden`` and the norm's ``dim`` (RMSNorm) or ``2 dim`` (LayerNorm)."""
+    then per block ``3 * dim * hidden`` and the RMSNorm's ``dim``; with LayerNorm, its ``2 dim`` and
+    the linears' biases ``2 hidden + dim``."""
     hidden = hidden_mult * dim
-    return in_dim * dim + dim + num_blocks * (3 * dim * hidden + (dim if norm == "rms" else 2 * dim))
+    block = 3 * dim * hidden + (dim if norm == "rms" else 2 * dim + 2 * hidden + dim)
+    return in_dim * dim + dim + num_blocks * block
 
 
 class BindInputProjector(nn.Module):

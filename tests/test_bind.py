@@ -34,6 +34,11 @@ def test_bind_network_shapes_and_the_7b_parameter_count():
     count = sum(p.numel() for n, p in net.named_parameters() if n != "gates")
     # W0 1024x4096 + bias, 3 blocks of W1, W2 (4096 x 16384), W3 (16384 x 4096) and an RMSNorm
     assert count == bind_parameter_count(1024, 4096) == 1024 * 4096 + 4096 + 3 * (3 * 4096 * 16384 + 4096)
+    with torch.device("meta"):
+        legacy = BindInputProjector(1024, 4096, num_layers=32, num_heads=32, norm="layer")
+    assert sum(p.numel() for n, p in legacy.named_parameters() if n != "gates") == bind_parameter_count(
+        1024, 4096, norm="layer"
+    )
     assert round(count / 1e6, 1) == 608.2  # the paper's "about 0.6B"
     assert net.gates.shape == (32, 32) and net.num_tokens == 0
     layer = BindInputProjector(8, 16, num_layers=2, num_heads=4, norm="layer", num_blocks=1)
@@ -147,8 +152,9 @@ def test_embedding_arithmetic_weights_the_inputs_before_the_bind_network(model, 
         feats[item.modality] = model.media_features(
             item.modality, model.encoder.preprocess(item.modality, [item.value])
         )[0]
+    feats = {m: f / f.norm() for m, f in feats.items()}  # each embedding is L2-normalised first
     with torch.no_grad():
-        mixed = model.bind_row(slots, [0.25, 0.75])
+        mixed = model.bind_row(slots, [0.5, 1.5])  # divided by their sum: 0.25 and 0.75
         want = model.input_projector((0.25 * feats[Modality.AUDIO] + 0.75 * feats[Modality.IMAGE])[None])[0]
         torch.testing.assert_close(mixed, want)
         equal = model.bind_row(slots)  # combine: equal -> 1/2 each
@@ -163,6 +169,8 @@ def test_embedding_arithmetic_weights_the_inputs_before_the_bind_network(model, 
     assert len(out.token_ids) >= 1
     with pytest.raises(InputError, match="2 weights for 3|has 1 weights for 2"):
         model.generate([sound, image, "mix"], modalities=["text"], modality_weights=[1.0])
+    with pytest.raises(InputError, match="must not cancel"):
+        model.bind_row(slots, [1.0, -1.0])
     with pytest.raises(InputError, match="input_projector.kind: bind"):
         NextGPT.from_preset("tiny").generate([image, "x"], modalities=["text"], modality_weights=[1.0])
 

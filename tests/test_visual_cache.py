@@ -24,7 +24,8 @@ def _brute_force(values, queries, k, temperature, alpha):
     w = np.exp(s * temperature)
     w /= w.sum(axis=1, keepdims=True)
     retrieved = (w[:, :, None] * values[top]).sum(axis=1)
-    blended = alpha * retrieved + (1 - alpha) * queries
+    retrieved /= np.linalg.norm(retrieved, axis=1, keepdims=True)
+    blended = alpha * retrieved + (1 - alpha) * q
     blended /= np.linalg.norm(blended, axis=1, keepdims=True)
     return top, s, blended * np.linalg.norm(queries, axis=1, keepdims=True)
 
