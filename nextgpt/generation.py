@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -732,6 +733,113 @@ class GenerationMixin:
         threshold = self.config.model.segmentation.mask_threshold
         out.masks = [m.cpu().numpy() > threshold for m in logits]
         out.mask_image = image
+
+    def embed_to_image(
+        self,
+        inputs: object,
+        *,
+        modality_weights: Sequence[float] | None = None,
+        prompt: str = "",
+        noise_level: int | None = None,
+        guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        seed: int | None = None,
+    ) -> GenerationOutput:
+        """ImageBind -> image without training (ImageBind-LLM section 3.3): one image from the
+        ImageBind embedding of ``inputs`` through SD unCLIP (``model.unclip.path``).
+
+        ``inputs``: one item or a list of them, any modality: images, :class:`~nextgpt.Audio`,
+        :class:`~nextgpt.Video`, paths, and strings (encoded by ImageBind's text encoder, so
+        ``"a dog barking"`` is text -> image). Several items are combined as the bind path combines
+        them (each L2-normalised; ``modality_weights`` divided by their sum, else equal weights),
+        then cache-enhanced when ``model.visual_cache`` is set and their modalities are listed there,
+        and scaled to unit norm. The other arguments default to ``model.unclip``.
+
+        Returns:
+            a :class:`GenerationOutput` holding the image (``out.images[0]``; no text).
+
+        Raises:
+            ConfigError: no ``model.unclip.path``. InputError: bad inputs or weights.
+        """
+        from nextgpt import validate as check
+        from nextgpt.processor import parse_inputs
+
+        cfg = self.config.model.unclip
+        decoder = self._unclip()
+        turns = parse_inputs(inputs)
+        parts = [p for t in turns if t.role == "user" for p in t.parts]
+        if not parts:
+            raise InputError("embed_to_image needs at least one input (media or text)")
+        if modality_weights is not None and len(modality_weights) != len(parts):
+            raise InputError(f"modality_weights has {len(modality_weights)} weights for {len(parts)} inputs")
+        weights = (
+            [
+                check.check_real(f"modality_weights[{i}]", w, low=-100.0, high=100.0)
+                for i, w in enumerate(modality_weights)
+            ]
+            if modality_weights is not None
+            else [1.0] * len(parts)
+        )
+        total = sum(weights)
+        if abs(total) < 1e-6:
+            raise InputError(f"modality_weights sum to {total:g}: they must not cancel")
+        cache = self.visual_cache
+        wanted = {Modality.parse(m) for m in self.config.model.visual_cache.modalities}
+        combined = None
+        with torch.no_grad():
+            for part, weight in zip(parts, weights):
+                if isinstance(part, str):
+                    modality, embed = Modality.TEXT, self.encoder.encode(Modality.TEXT, [part]).embeds
+                else:
+                    modality = part.modality
+                    embed = self.encoder(modality, self.encoder.preprocess(modality, [part.value])).embeds
+                embed = embed.float()
+                if cache is not None and modality in wanted:
+                    embed = cache.enhance(embed)
+                embed = embed / embed.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+                term = (weight / total) * embed
+                combined = term if combined is None else combined + term
+            assert combined is not None
+            combined = combined / combined.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+            image = decoder.render(
+                combined,
+                prompt=prompt,
+                noise_level=cfg.noise_level
+                if noise_level is None
+                else check.check_int("noise_level", noise_level, low=0, high=decoder.max_noise_level),
+                guidance_scale=cfg.guidance_scale
+                if guidance_scale is None
+                else check.check_real("guidance_scale", guidance_scale, low=0.0),
+                num_inference_steps=cfg.num_inference_steps
+                if num_inference_steps is None
+                else check.check_int("num_inference_steps", num_inference_steps, low=1, high=1000),
+                height=height,
+                width=width,
+                seed=check.check_seed(seed),
+            )[0]
+        out = GenerationOutput(finish_reason="stop")
+        out.add(Modality.IMAGE, [image])
+        return out
+
+    def _unclip(self) -> Any:
+        from nextgpt.config import resolve_path
+        from nextgpt.decoders.unclip import UnCLIPDecoder
+
+        cfg = self.config.model.unclip
+        path = resolve_path(cfg.path, "model.unclip.path")
+        if path is None:
+            raise ConfigError("embed_to_image needs an SD unCLIP folder: set model.unclip.path")
+        cached = self.__dict__.get("_unclip_decoder")
+        if cached is None or cached.path != Path(path):
+            from nextgpt.dtypes import torch_dtype
+
+            cached = UnCLIPDecoder(
+                path, device=str(self.device), dtype=torch_dtype(cfg.dtype, "model.unclip.dtype")
+            )
+            self.__dict__["_unclip_decoder"] = cached
+        return cached
 
     def set_task_pipeline(self, task: str, path: str | os.PathLike) -> None:
         """Render ``task``'s prompts (``image``, ``audio``, ``video`` or ``edit``) with the diffusers

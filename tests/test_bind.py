@@ -239,3 +239,35 @@ def test_a_packed_bind_batch_gives_the_padded_losses_and_gradients(stage, demo_d
     assert "model.input_projector.gates" in want_grads
     for k in want_grads:
         torch.testing.assert_close(got_grads[k], want_grads[k], **F32)
+
+
+@pytest.mark.slow
+def test_imagebind_llm_7b_preset_holds_the_papers_numbers_and_builds_on_meta():
+    from nextgpt.llm import LanguageModel, is_norm_parameter
+    from nextgpt.projectors import build_input_projector
+
+    cfg = NextGPTConfig.from_preset("imagebind-llm-7b")
+    m, t = cfg.model, cfg.training
+    assert m.input_projector.kind == "bind" and m.input_projector.bind.norm == "rms" and not m.outputs
+    assert (m.llm.hidden_size, m.llm.num_layers, m.llm.num_heads) == (4096, 32, 32)
+    assert m.llm.lora.r == 16 and len(m.llm.lora.target_modules) == 7
+    assert (m.visual_cache.top_k, m.visual_cache.temperature, m.visual_cache.alpha) == (10, 20.0, 0.5)
+    s1, s3 = t.stages[1], t.stages[3]
+    assert (s1.lr, s1.epochs, s1.batch_size * 32, s1.trains) == (4e-4, 3, 1024, ["input_projector"])
+    assert (s3.lr, s3.epochs, s3.batch_size * 8, s3.warmup_ratio, s3.trains) == (
+        1.25e-4,
+        4,
+        32,
+        0.25,
+        ["lora", "norms"],
+    )
+    off = ["model.llm.path=null"]
+    cfg = cfg.with_overrides(off)
+    with torch.device("meta"):
+        bind = build_input_projector(cfg.model.input_projector, num_layers=32, num_heads=32)
+        llm = LanguageModel.from_config(cfg.model.llm, {}, seed=0)
+    assert sum(p.numel() for n, p in bind.named_parameters() if n != "gates") == 608_190_464  # ~0.6B
+    assert bind.gates.numel() == 32 * 32
+    lora = sum(p.numel() for n, p in llm.named_parameters() if "lora_" in n)
+    assert lora == 32 * 16 * (4 * (4096 + 4096) + 2 * (4096 + 11008) + (11008 + 4096))  # r16 on 7 linears
+    assert sum(p.numel() for n, p in llm.named_parameters() if is_norm_parameter(n)) == 65 * 4096

@@ -45,8 +45,9 @@ def _plain_only(value) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_list_presets_is_exactly_the_six_shipped():
+def test_list_presets_is_exactly_the_seven_shipped():
     assert sorted(list_presets()) == [
+        "imagebind-llm-7b",
         "llmbind-7b",
         "nextgpt-7b",
         "nextgpt-7b-legacy",

@@ -125,6 +125,7 @@ def test_wheel_install_imports_every_subpackage(tmp_path: Path) -> None:
         "nextgpt-7b-legacy",
         "qwen2.5-7b",
         "llmbind-7b",
+        "imagebind-llm-7b",
     }
 
 
@@ -167,6 +168,7 @@ def test_editable_install_imports_every_subpackage(tmp_path: Path) -> None:
         "nextgpt-7b-legacy",
         "qwen2.5-7b",
         "llmbind-7b",
+        "imagebind-llm-7b",
     }
 
 
