@@ -299,6 +299,10 @@ class BindConfig(Node):
     num_blocks: int = 3
     hidden_mult: int = 4
     norm: BindNorm = "rms"
+    #: ``add``: the feature is added to every layer's input (the paper, eq. 2); ``prefix``: the
+    #: released code's variant, ``feature + prefix_query[l]`` through the layer's value projection,
+    #: added per head to the attention output (before its output projection), gated the same way.
+    injection: Literal["add", "prefix"] = "add"
     #: Weights of a row's media items when several are combined before the bind network (embedding
     #: arithmetic): ``equal`` (each ``1/n``) or ``sum``. ``generate(modality_weights=...)`` overrides.
     combine: Literal["equal", "sum"] = "equal"

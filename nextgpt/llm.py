@@ -540,20 +540,26 @@ class LanguageModel(nn.Module):
             logits = torch.tanh(logits / cap) * cap
         return logits
 
-    def install_injection(self, scales) -> None:
-        """Add a feature to the hidden states entering every decoder layer (ImageBind-LLM eq. 2).
+    def install_injection(self, scales, *, prefix=None) -> None:
+        """Inject a feature into every decoder layer (ImageBind-LLM).
 
-        ``scales()`` returns ``[num_layers, H]`` (the gates, e.g. ``tanh(g)`` per head); a forward
-        given ``injection [B, L | 1, H]`` adds ``scales()[l] * injection`` to the input of layer
-        ``l`` (a forward pre-hook on each layer: the transformers model is not copied). A forward
-        without ``injection`` runs the plain LLM. The last injection is kept until the next forward,
-        so that activation checkpointing recomputes the layers with it."""
+        ``scales()`` returns ``[num_layers, H]`` (the gates, e.g. ``tanh(g)`` per head). A forward
+        given ``injection [B, L | 1, H]`` then adds, in layer ``l``:
+
+        - without ``prefix`` (the paper, eq. 2): ``scales()[l] * injection`` to the layer's input;
+        - with ``prefix()`` (``[num_layers, H]``, the released code's variant):
+          ``scales()[l] * v_proj(injection + prefix()[l])`` to the attention output entering
+          ``o_proj`` (the value heads repeated for grouped-query attention).
+
+        Forward pre-hooks do it (the transformers model is not copied). A forward without
+        ``injection`` runs the plain LLM. The last injection is kept until the next forward, so that
+        activation checkpointing recomputes the layers with it."""
         if self._injection_scales is not None:
             raise ConfigError("an injection is already installed on this LLM")
         self._injection_scales = scales
 
-        def hook(index: int):
-            def add(module, args, kwargs):
+        def add(index: int):
+            def hook(module, args, kwargs):
                 feature = self._injection
                 if feature is None:
                     return None
@@ -564,10 +570,37 @@ class LanguageModel(nn.Module):
                 hidden = kwargs["hidden_states"]
                 return args, {**kwargs, "hidden_states": hidden + (scale * feature).to(hidden.dtype)}
 
-            return add
+            return hook
+
+        def through_values(index: int, attention: nn.Module):
+            heads = self._causal_lm().config.num_attention_heads
+            kv_heads = getattr(self._causal_lm().config, "num_key_value_heads", None) or heads
+
+            def hook(module, args):
+                feature = self._injection
+                if feature is None:
+                    return None
+                x = args[0]
+                adapter = (feature + prefix()[index]).to(x.dtype)
+                values = attention.v_proj(adapter)  # [B, L | 1, kv_heads * head_dim]
+                if kv_heads != heads:  # grouped-query attention: each value head serves a group
+                    b, n, _ = values.shape
+                    values = values.view(b, n, kv_heads, -1).repeat_interleave(heads // kv_heads, dim=2)
+                    values = values.reshape(b, n, -1)
+                return (x + self._injection_scales()[index].to(x.dtype) * values, *args[1:])
+
+            return hook
 
         for i, layer in enumerate(self.decoder_layers):
-            layer.register_forward_pre_hook(hook(i), with_kwargs=True)
+            if prefix is None:
+                layer.register_forward_pre_hook(add(i), with_kwargs=True)
+                continue
+            attention = next((m for n, m in layer.named_children() if "attn" in n), None)
+            if attention is None or not hasattr(attention, "v_proj") or not hasattr(attention, "o_proj"):
+                raise ConfigError(
+                    f"input_projector.bind.injection=prefix needs v_proj and o_proj in {type(layer).__name__}'s attention"
+                )
+            attention.o_proj.register_forward_pre_hook(through_values(i, attention))
 
     def forward(
         self,

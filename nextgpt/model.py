@@ -95,8 +95,10 @@ class NextGPT(GenerationMixin, nn.Module):
                 mcfg.input_projector, num_layers=hf.num_hidden_layers, num_heads=hf.num_attention_heads
             ),
         )
-        if self.is_bind:  # ImageBind-LLM: the bound feature is added to every layer's input, gated
-            self.llm.install_injection(self.input_projector.scales)
+        if self.is_bind:  # ImageBind-LLM: the bound feature goes into every layer, gated
+            proj = self.input_projector
+            prefix = (lambda: proj.prefix_query) if proj.prefix_query is not None else None
+            self.llm.install_injection(proj.scales, prefix=prefix)
         self.output_projectors = nn.ModuleDict(
             {
                 m.value: _seeded(seed + 20 + i, lambda o=o: build_output_projector(o.projector))

@@ -16,6 +16,12 @@ at zero, so training starts from the unchanged LLM. Nothing is attended: no toke
 entering layer ``l`` through forward pre-hooks (no copy of the transformers modeling file), so it works
 on any LLaMA-family model, with LoRA, and with the KV-cache decoding loop (each new token gets its
 row's ``T``).
+
+``injection: prefix`` is the released code's variant: in layer ``l`` the adapter
+``T + prefix_query[l]`` goes through the layer's value projection and, times ``tanh(g)`` per head,
+is added to the attention output before the output projection (with one adapter token the
+attention over it is the identity, so no key is needed). It is attention-based injection without
+prompt tokens; the paper describes ``add``.
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ class BindInputProjector(nn.Module):
         num_blocks: int = 3,
         hidden_mult: int = 4,
         norm: str = "rms",
+        injection: str = "add",
     ) -> None:
         super().__init__()
         if out_dim % num_heads:
@@ -89,6 +96,9 @@ class BindInputProjector(nn.Module):
             BindBlock(out_dim, hidden_mult * out_dim, norm) for _ in range(num_blocks)
         )
         self.gates = nn.Parameter(torch.zeros(num_layers, num_heads))
+        self.injection = injection
+        # the released code's per-layer query (an nn.Embedding there: N(0, 1) at the start)
+        self.prefix_query = nn.Parameter(torch.randn(num_layers, out_dim)) if injection == "prefix" else None
 
     @classmethod
     def from_config(
@@ -114,6 +124,7 @@ class BindInputProjector(nn.Module):
             num_blocks=b.num_blocks,
             hidden_mult=b.hidden_mult,
             norm=b.norm,
+            injection=b.injection,
         )
 
     @property

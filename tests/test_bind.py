@@ -58,7 +58,9 @@ def test_a_bind_model_puts_no_media_token_in_the_prompt(model, tmp_path):
     assert not placeholders & set(ids.input_ids.tolist()) and len(ids.slots) == 1
 
 
-def test_at_gate_zero_the_model_is_the_plain_llm_exactly(model, tmp_path):
+@pytest.mark.parametrize("mode", ["add", "prefix"])
+def test_at_gate_zero_the_model_is_the_plain_llm_exactly(mode, tmp_path):
+    model = NextGPT.from_preset("tiny", [*BIND, f"model.input_projector.bind.injection={mode}"])
     ids = torch.tensor([[1, 40, 50, 60, 70]])
     embeds = model.llm.embed(ids)
     injection = torch.randn(1, 1, model.llm.hidden_size) * 10
@@ -70,6 +72,46 @@ def test_at_gate_zero_the_model_is_the_plain_llm_exactly(model, tmp_path):
     with_image = model.generate([image, "hello there"], modalities=["text"], max_new_tokens=8)
     text_only = model.generate("hello there", modalities=["text"], max_new_tokens=8)
     assert with_image.token_ids == text_only.token_ids  # the image changes nothing until a gate opens
+
+
+@pytest.mark.parametrize("mode", ["add", "prefix"])
+def test_the_injection_adds_exactly_its_formula_in_the_first_layer(mode):
+    """``add``: layer 0's input gets ``tanh(g_0) * T``; ``prefix``: the attention output entering
+    layer 0's o_proj gets ``tanh(g_0) * v_proj(T + prefix_query[0])`` (per head)."""
+    model = NextGPT.from_preset("tiny", [*BIND, f"model.input_projector.bind.injection={mode}"])
+    proj = model.input_projector
+    assert (proj.prefix_query is not None) == (mode == "prefix")
+    with torch.no_grad():
+        proj.gates.normal_(std=1.0)
+    layer = model.llm.decoder_layers[0]
+    target = layer if mode == "add" else layer.self_attn.o_proj
+    seen: list[torch.Tensor] = []
+
+    def record(module, args, kwargs=None):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        seen.append(hidden.detach().clone())
+
+    if mode == "add":
+        handle = target.register_forward_pre_hook(lambda m, a, k: record(m, a, k), with_kwargs=True)
+    else:
+        handle = target.register_forward_pre_hook(lambda m, a: record(m, a))
+    ids = torch.tensor([[1, 40, 50, 60]])
+    feature = torch.randn(1, 1, model.llm.hidden_size)
+    with torch.no_grad():
+        model.llm(model.llm.embed(ids))
+        model.llm(model.llm.embed(ids), injection=feature)
+        scale = proj.scales()[0]
+        if mode == "add":
+            want = scale * feature
+        else:
+            values = layer.self_attn.v_proj(feature + proj.prefix_query[0])  # [1, 1, kv_heads * head_dim]
+            cfg = model.llm._causal_lm().config
+            group = cfg.num_attention_heads // cfg.num_key_value_heads  # tiny: grouped-query attention
+            values = values.view(1, 1, cfg.num_key_value_heads, -1).repeat_interleave(group, dim=2)
+            want = scale * values.reshape(1, 1, -1)
+    handle.remove()
+    plain, injected = seen
+    torch.testing.assert_close(injected - plain, want.expand_as(plain), rtol=1e-5, atol=1e-5)
 
 
 def test_gradients_reach_the_gates_then_the_bind_network(model):
@@ -100,8 +142,9 @@ def test_gradients_reach_the_gates_then_the_bind_network(model):
         gates.zero_()
 
 
-def test_the_kv_cache_loop_matches_a_full_recompute_with_open_gates(tmp_path):
-    model = NextGPT.from_preset("tiny", BIND)
+@pytest.mark.parametrize("mode", ["add", "prefix"])
+def test_the_kv_cache_loop_matches_a_full_recompute_with_open_gates(mode, tmp_path):
+    model = NextGPT.from_preset("tiny", [*BIND, f"model.input_projector.bind.injection={mode}"])
     with torch.no_grad():
         model.input_projector.gates.normal_(std=2.0)
     image = _image(tmp_path / "c.png", seed=3)
@@ -118,7 +161,7 @@ def test_the_kv_cache_loop_matches_a_full_recompute_with_open_gates(tmp_path):
             logits[base:] = -float("inf")  # the added tokens are banned for a text answer
             ids.append(int(logits.argmax()))
     assert ids[len(req.input_ids) :] == out.token_ids
-    plain = NextGPT.from_preset("tiny", BIND).generate(
+    plain = NextGPT.from_preset("tiny", [*BIND, f"model.input_projector.bind.injection={mode}"]).generate(
         [image, "describe it"], modalities=["text"], max_new_tokens=6
     )
     assert plain.token_ids != out.token_ids  # open gates do change the answer
