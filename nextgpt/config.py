@@ -975,8 +975,15 @@ class StageConfig(Node):
 
     def _validate(self) -> None:
         if self.trains is not None:
-            groups = ("input_projector", "output_projectors", "token_rows", "token_rows_if_full", "lora")
-            groups += ("segmentation", "norms")
+            groups = (
+                "input_projector",
+                "output_projectors",
+                "token_rows",
+                "token_rows_if_full",
+                "lora",
+                "segmentation",
+                "norms",
+            )  # nextgpt.stages.modules.TRAINABLE_GROUPS (tests/test_bind.py checks they agree)
             bad = [g for g in self.trains if g not in groups]
             check(not bad, "trains", f"unknown groups {bad}; valid: {', '.join(groups)}")
         positive(self, "lr", "eps", "epochs", "batch_size", "max_length")

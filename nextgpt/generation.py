@@ -139,6 +139,7 @@ class GenerationMixin:
         decoders: dict[Modality, Decoder]
         residency: DecoderResidency
         segmentation: Any  # nextgpt.segmentation.SegmentationHead | None
+        encoder: Any  # nextgpt.encoders.ImageBindEncoder
 
         # Declarations for the type checker only (documented on NextGPT).
         @property
@@ -151,6 +152,13 @@ class GenerationMixin:
             self, input_ids: torch.Tensor, media_tokens: Sequence[torch.Tensor]
         ) -> torch.Tensor: ...
         def project_outputs(self, modality: Modality, states: torch.Tensor) -> torch.Tensor: ...  # noqa: D102
+        @property
+        def is_bind(self) -> bool: ...  # noqa: D102
+        @property
+        def visual_cache(self) -> Any: ...  # noqa: D102
+        def bind_row(  # noqa: D102
+            self, slots: Sequence[Sequence[MediaItem]], weights: Sequence[float] | None = None
+        ) -> torch.Tensor: ...
 
     @property
     def context_length(self) -> int:

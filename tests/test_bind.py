@@ -219,6 +219,11 @@ def test_embedding_arithmetic_weights_the_inputs_before_the_bind_network(model, 
 
 
 def test_unknown_trainable_groups_are_a_config_error():
+    from nextgpt.stages.modules import TRAINABLE, TRAINABLE_GROUPS
+
+    assert all(g in TRAINABLE_GROUPS for groups in TRAINABLE.values() for g in groups)
+    for group in TRAINABLE_GROUPS:  # the config accepts exactly these
+        NextGPTConfig.from_preset("tiny").with_overrides([f"training.stages.3.trains=[{group}]"])
     with pytest.raises(ConfigError, match="unknown groups"):
         NextGPTConfig.from_preset("tiny").with_overrides(["training.stages.3.trains=[lora, gates]"])
 
