@@ -1103,6 +1103,12 @@ class TrainingConfig(Node):
             raise error(f"training.stages.{stage}", f"not defined; defined stages: {choices(self.stages)}")
         return self.stages[stage]
 
+    @property
+    def trains_norms(self) -> bool:
+        """Some stage trains the LLM's normalisation weights (``trains: [..., norms]``): they are then
+        part of the model's trainable state."""
+        return any("norms" in (s.trains or ()) for s in self.stages.values())
+
     def alignment_weight(self, modality: Modality | str, stage: int | None = None) -> float:
         """Weight of ``modality``'s signal-alignment loss in ``stage`` (default: this run's stage)."""
         return self.stage_config(stage).alignment_weights.get(Modality.parse(modality), 1.0)

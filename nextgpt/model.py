@@ -33,7 +33,7 @@ from nextgpt.checkpoint import (
     write_model_folder,
 )
 from nextgpt.config import NextGPTConfig
-from nextgpt.errors import CheckpointError, InputError
+from nextgpt.errors import CheckpointError, ConfigError, InputError
 from nextgpt.generation import GenerationMixin
 from nextgpt.modality import Modality
 from nextgpt.processor import MediaItem, Processor
@@ -258,6 +258,12 @@ class NextGPT(GenerationMixin, nn.Module):
             from nextgpt.visual_cache import VisualCache
 
             cache = VisualCache.load(path, top_k=cfg.top_k, temperature=cfg.temperature, alpha=cfg.alpha)
+            width = self.config.model.encoder.out_embed_dim
+            if cache.dim != width:
+                raise ConfigError(
+                    f"model.visual_cache.path '{path}' holds {cache.dim}-d embeddings; this model's encoder "
+                    f"gives {width}-d ones: rebuild it with `nextgpt cache index` for this encoder"
+                )
             self.__dict__["_visual_cache"] = cached = (path, cache)
         return cached[1]
 
@@ -614,7 +620,7 @@ class NextGPT(GenerationMixin, nn.Module):
     def trains_norms(self) -> bool:
         """Some stage trains the LLM's normalisation weights (``training.stages.N.trains: [norms]``):
         they are then part of the trainable state."""
-        return any("norms" in (s.trains or ()) for s in self.config.training.stages.values())
+        return self.config.training.trains_norms
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Every parameter training may change: projectors, LoRA, added token rows (and, with the
@@ -664,11 +670,22 @@ class NextGPT(GenerationMixin, nn.Module):
         model.load_trainable_state(state, what=f"nextgpt model '{directory}'")
         return model
 
-    def load_trainable_state(self, state: dict[str, torch.Tensor], *, what: str) -> None:
+    def load_trainable_state(
+        self, state: dict[str, torch.Tensor], *, what: str, norms_frozen: bool = False
+    ) -> None:
         """Load exactly the keys of :meth:`trainable_state_dict` (all present, none extra, same shapes,
-        floating and finite values; a refused state changes nothing)."""
+        floating and finite values; a refused state changes nothing).
+
+        ``norms_frozen``: ``state`` comes from a model none of whose stages trained the LLM's norms
+        (an earlier stage's save, whose config did not name ``norms`` yet), so it has no norm weights:
+        this model keeps its own, which are the same base LLM's."""
         self.llm.set_lora_merged(False)  # new LoRA weights must never land on a merged base
         own = self.trainable_state_dict()
+        if norms_frozen and self.trains_norms:
+            from nextgpt.llm import is_norm_parameter
+
+            norms = {k: v for k, v in own.items() if k.startswith("llm.") and is_norm_parameter(k[4:])}
+            state = {**norms, **state}
         check_keys({k: v.shape for k, v in own.items()}, state, what=what)
         check_values(own, state, what=what)
         params = dict(self.named_parameters(remove_duplicate=False))

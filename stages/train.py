@@ -262,7 +262,10 @@ def train(
     model = NextGPT(cfg)
     if init_state is not None:
         logger.info("stage %d starts from %s", stage, init_from)
-        model.load_trainable_state(init_state, what=f"previous stage '{init_from}'")
+        before = NextGPTConfig.from_yaml(Path(init_from) / "config.yaml").training
+        model.load_trainable_state(
+            init_state, what=f"previous stage '{init_from}'", norms_frozen=not before.trains_norms
+        )
         del init_state
     module = StageModule(cfg, stage, model)
     dm = NextGPTDataModule(cfg, stage, model.processor, data, seg_processor=module.seg_processor)
