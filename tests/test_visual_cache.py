@@ -97,3 +97,8 @@ def test_cache_index_command_encodes_the_images_and_enhances_inference(demo_data
         assert not torch.allclose(model.bind_row(slots), plain.bind_row(slots))
         values = np.load(out / "values.npy")
         assert np.allclose(np.linalg.norm(values, axis=1), 1.0, atol=1e-4)  # ImageBind's unit embeddings
+
+    VisualCache(values[:, :16]).save(tmp_path / "narrow")  # another encoder's width
+    narrow = NextGPT.from_preset("tiny", [*bind, f"model.visual_cache.path={tmp_path / 'narrow'}"])
+    with pytest.raises(ConfigError, match="holds 16-d embeddings; this model's encoder gives 32-d"):
+        narrow.generate([sound, "what is this"], modalities=["text"], max_new_tokens=1)
