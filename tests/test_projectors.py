@@ -483,7 +483,7 @@ def test_grouping_from_config() -> None:
 
 
 def test_registry_kinds_and_unknown_kind() -> None:
-    assert set(INPUT_PROJECTORS) == {"linear", "grouping"}
+    assert set(INPUT_PROJECTORS) == {"linear", "grouping", "bind"}
     assert set(OUTPUT_PROJECTORS) == {"transformer"}
     linear = build_input_projector(InputProjectorConfig(kind="linear"), 8, 12)
     assert isinstance(linear, LinearInputProjector) and linear.num_tokens == 1
