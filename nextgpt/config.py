@@ -928,6 +928,20 @@ class ModelConfig(Node):
 # --------------------------------------------------------------------------------------------
 
 
+#: Every group a stage may train (``training.stages.N.trains``; the stages' defaults are
+#: ``nextgpt.stages.modules.TRAINABLE``). "norms": the LLM's normalisation weights (ImageBind-LLM's
+#: bias-norm tuning).
+TRAINABLE_GROUPS = (
+    "input_projector",
+    "output_projectors",
+    "token_rows",
+    "token_rows_if_full",
+    "lora",
+    "segmentation",
+    "norms",
+)
+
+
 @dataclass(kw_only=True)
 class StageConfig(Node):
     """Optimiser, schedule and data of one training stage (defaults: paper Table 7, stage 1)."""
@@ -962,7 +976,7 @@ class StageConfig(Node):
     datasets: list[str] = field(default_factory=list)
     #: Multipliers of each modality's signal-alignment loss in this stage (missing = 1.0).
     alignment_weights: dict[Modality, float] = field(default_factory=dict)
-    #: What this stage trains, as groups of ``nextgpt.stages.modules.TRAINABLE_GROUPS``; ``None``: the
+    #: What this stage trains, as groups of :data:`TRAINABLE_GROUPS`; ``None``: the
     #: stage's NExT-GPT set (``TRAINABLE``). ImageBind-LLM's instruction tuning: ``[lora, norms]``.
     trains: list[str] | None = None
 
@@ -975,17 +989,8 @@ class StageConfig(Node):
 
     def _validate(self) -> None:
         if self.trains is not None:
-            groups = (
-                "input_projector",
-                "output_projectors",
-                "token_rows",
-                "token_rows_if_full",
-                "lora",
-                "segmentation",
-                "norms",
-            )  # nextgpt.stages.modules.TRAINABLE_GROUPS (tests/test_bind.py checks they agree)
-            bad = [g for g in self.trains if g not in groups]
-            check(not bad, "trains", f"unknown groups {bad}; valid: {', '.join(groups)}")
+            bad = [g for g in self.trains if g not in TRAINABLE_GROUPS]
+            check(not bad, "trains", f"unknown groups {bad}; valid: {', '.join(TRAINABLE_GROUPS)}")
         positive(self, "lr", "eps", "epochs", "batch_size", "max_length")
         if self.pack_length is not None:
             positive(self, "pack_length")

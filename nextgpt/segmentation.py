@@ -156,18 +156,7 @@ class SegmentationHead(nn.Module):
         if embedding is None:
             embedding = self.image_embeddings(inputs["pixel_values"])
         sparse = self.projection(seg_states.to(self.projection[0].weight.dtype))  # [N, D]
-        sparse = sparse[None, :, None, :]  # one image, N masks of one prompt token each
-        size = self.sam.prompt_encoder.image_embedding_size
-        dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
-            1, -1, size[0], size[1]
-        )
-        low_res, _ = self.sam.mask_decoder(
-            image_embeddings=embedding,
-            image_positional_embeddings=self.sam.get_image_wide_positional_embeddings(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )  # [1, N, 1, h, w]
+        low_res = self._decode(embedding, sparse[None, :, None, :])  # one image, N one-token prompts
         masks = self.processor.post_process_masks(
             low_res, inputs["original_sizes"], inputs["reshaped_input_sizes"], binarize=False
         )[0]  # [N, 1, H_img, W_img]
@@ -181,7 +170,13 @@ class SegmentationHead(nn.Module):
         sparse = self.projection(weight.new_zeros(1, weight.shape[1]))[None, :, None, :]
         size = self.sam.prompt_encoder.image_embedding_size
         width = self.sam.config.mask_decoder_config.hidden_size
-        embedding = weight.new_zeros(1, width, size[0], size[1])
+        low_res = self._decode(weight.new_zeros(1, width, size[0], size[1]), sparse)
+        return 0.0 * low_res.float().sum()
+
+    def _decode(self, embedding: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        """SAM's mask decoder on an image embedding ``[1, D, h, w]`` and sparse prompts ``[1, N, 1, D]``
+        with no dense prompt: single-mask logits ``[1, N, 1, h', w']``."""
+        size = self.sam.prompt_encoder.image_embedding_size
         dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *size)
         low_res, _ = self.sam.mask_decoder(
             image_embeddings=embedding,
@@ -190,7 +185,7 @@ class SegmentationHead(nn.Module):
             dense_prompt_embeddings=dense,
             multimask_output=False,
         )
-        return 0.0 * low_res.float().sum()
+        return low_res
 
     def trainable_parameters(self) -> Sequence[nn.Parameter]:
         """The MLP and the mask decoder (what trains)."""

@@ -70,19 +70,6 @@ TRAINABLE: dict[int, tuple[str, ...]] = {
 }
 
 
-#: Every group a stage may train (``training.stages.N.trains``); "norms": the LLM's normalisation
-#: weights (ImageBind-LLM's bias-norm tuning, with the LoRA biases of ``model.llm.lora.bias``).
-TRAINABLE_GROUPS = (
-    "input_projector",
-    "output_projectors",
-    "token_rows",
-    "token_rows_if_full",
-    "lora",
-    "segmentation",
-    "norms",
-)
-
-
 def stage_groups(config, stage: int) -> tuple[str, ...]:
     """The groups stage ``stage`` trains: ``training.stages.N.trains``, else :data:`TRAINABLE`."""
     trains = config.training.stage_config(stage).trains

@@ -219,7 +219,8 @@ def test_embedding_arithmetic_weights_the_inputs_before_the_bind_network(model, 
 
 
 def test_unknown_trainable_groups_are_a_config_error():
-    from nextgpt.stages.modules import TRAINABLE, TRAINABLE_GROUPS
+    from nextgpt.config import TRAINABLE_GROUPS
+    from nextgpt.stages.modules import TRAINABLE
 
     assert all(g in TRAINABLE_GROUPS for groups in TRAINABLE.values() for g in groups)
     for group in TRAINABLE_GROUPS:  # the config accepts exactly these
